@@ -1,0 +1,273 @@
+//! Hugging Face `ViTModel` / `ViTForImageClassification` folders (`config.json` +
+//! `model.safetensors`), which is also our export format.
+
+use serde_json::{Map, Value, json};
+
+use super::CheckpointError;
+use super::params;
+use super::torch_layout::{Entry, Transform};
+use crate::config::{Activation, Classifier, ViTConfig};
+
+/// Our own description of the model, kept in config.json beside the HF fields so
+/// that models HF's layout cannot express (gap, pre-logits) still load exactly.
+pub const OUR_CONFIG_FIELD: &str = "vit_config";
+
+/// The name table: our parameter ↔ HF tensor. `prefix` is `vit.` inside
+/// `ViTForImageClassification` and empty in a bare `ViTModel`.
+pub fn entries(config: &ViTConfig, prefix: &str) -> Vec<Entry> {
+    let linear = Transform::Linear { in_dims: 1 };
+    let e = |ours: String, theirs: String, transform| {
+        Entry::new(ours, format!("{prefix}{theirs}"), transform)
+    };
+    let mut entries = vec![
+        e(
+            params::EMBEDDING_KERNEL.into(),
+            "embeddings.patch_embeddings.projection.weight".into(),
+            Transform::Conv,
+        ),
+        e(
+            params::EMBEDDING_BIAS.into(),
+            "embeddings.patch_embeddings.projection.bias".into(),
+            Transform::Same,
+        ),
+        e(
+            params::POS_EMBEDDING.into(),
+            "embeddings.position_embeddings".into(),
+            Transform::Same,
+        ),
+        e(
+            params::ENCODER_NORM_SCALE.into(),
+            "layernorm.weight".into(),
+            Transform::Same,
+        ),
+        e(
+            params::ENCODER_NORM_BIAS.into(),
+            "layernorm.bias".into(),
+            Transform::Same,
+        ),
+    ];
+    if config.classifier == Classifier::Token {
+        entries.push(e(
+            params::CLS.into(),
+            "embeddings.cls_token".into(),
+            Transform::Same,
+        ));
+    }
+    for layer in 0..config.num_layers {
+        let hf = |rest: &str| format!("encoder.layer.{layer}.{rest}");
+        for (ours, theirs) in [
+            ("LayerNorm_0", "layernorm_before"),
+            ("LayerNorm_1", "layernorm_after"),
+        ] {
+            entries.push(e(
+                params::block(layer, &format!("{ours}/scale")),
+                hf(&format!("{theirs}.weight")),
+                Transform::Same,
+            ));
+            entries.push(e(
+                params::block(layer, &format!("{ours}/bias")),
+                hf(&format!("{theirs}.bias")),
+                Transform::Same,
+            ));
+        }
+        for name in ["query", "key", "value"] {
+            let theirs = hf(&format!("attention.attention.{name}"));
+            entries.push(e(
+                params::attention(layer, name, "kernel"),
+                format!("{theirs}.weight"),
+                linear,
+            ));
+            entries.push(e(
+                params::attention(layer, name, "bias"),
+                format!("{theirs}.bias"),
+                Transform::Flat,
+            ));
+        }
+        entries.push(e(
+            params::attention(layer, "out", "kernel"),
+            hf("attention.output.dense.weight"),
+            Transform::Linear { in_dims: 2 },
+        ));
+        entries.push(e(
+            params::attention(layer, "out", "bias"),
+            hf("attention.output.dense.bias"),
+            Transform::Same,
+        ));
+        entries.push(e(
+            params::mlp(layer, 0, "kernel"),
+            hf("intermediate.dense.weight"),
+            linear,
+        ));
+        entries.push(e(
+            params::mlp(layer, 0, "bias"),
+            hf("intermediate.dense.bias"),
+            Transform::Same,
+        ));
+        entries.push(e(
+            params::mlp(layer, 1, "kernel"),
+            hf("output.dense.weight"),
+            linear,
+        ));
+        entries.push(e(
+            params::mlp(layer, 1, "bias"),
+            hf("output.dense.bias"),
+            Transform::Same,
+        ));
+    }
+    if config.representation_size.is_some() {
+        entries.push(e(
+            params::PRE_LOGITS_KERNEL.into(),
+            "pooler.dense.weight".into(),
+            linear,
+        ));
+        entries.push(e(
+            params::PRE_LOGITS_BIAS.into(),
+            "pooler.dense.bias".into(),
+            Transform::Same,
+        ));
+    }
+    if config.num_classes > 0 {
+        // The classifier sits outside the `vit.` backbone.
+        entries.push(Entry::new(params::HEAD_KERNEL, "classifier.weight", linear));
+        entries.push(Entry::new(
+            params::HEAD_BIAS,
+            "classifier.bias",
+            Transform::Same,
+        ));
+    }
+    entries
+}
+
+/// The architecture described by an HF config.json, given which tensors the
+/// weights file holds: `tensor_len` gives a tensor's element count, if present.
+pub fn read_config(
+    json: &Value,
+    tensor_len: impl Fn(&str) -> Option<usize>,
+    prefix: &str,
+) -> Result<ViTConfig, CheckpointError> {
+    if let Some(ours) = json.get(OUR_CONFIG_FIELD) {
+        let config: ViTConfig = serde_json::from_value(ours.clone()).map_err(|error| {
+            CheckpointError::Architecture(format!("`{OUR_CONFIG_FIELD}` in config.json: {error}"))
+        })?;
+        config.validate()?;
+        return Ok(config);
+    }
+    let number = |key: &str| -> Result<usize, CheckpointError> {
+        json.get(key)
+            .and_then(Value::as_u64)
+            .map(|value| value as usize)
+            .ok_or_else(|| {
+                CheckpointError::Architecture(format!("config.json has no integer `{key}`"))
+            })
+    };
+    let activation = match json
+        .get("hidden_act")
+        .and_then(Value::as_str)
+        .unwrap_or("gelu")
+    {
+        "gelu" => Activation::GeluExact,
+        "gelu_pytorch_tanh" | "gelu_new" | "gelu_fast" => Activation::GeluTanh,
+        other => {
+            return Err(CheckpointError::Unsupported(format!(
+                "hidden_act `{other}` (supported: gelu, gelu_pytorch_tanh, gelu_new, gelu_fast)"
+            )));
+        }
+    };
+    if json
+        .get("num_channels")
+        .and_then(Value::as_u64)
+        .is_some_and(|c| c != 3)
+    {
+        return Err(CheckpointError::Unsupported(
+            "models with other than 3 input channels".into(),
+        ));
+    }
+    if json.get("qkv_bias").and_then(Value::as_bool) == Some(false) {
+        return Err(CheckpointError::Unsupported(
+            "attention without qkv biases (qkv_bias: false)".into(),
+        ));
+    }
+    let hidden_size = number("hidden_size")?;
+    let num_classes = tensor_len("classifier.bias").unwrap_or(0);
+    let config = ViTConfig {
+        image_size: number("image_size")?,
+        patch_size: number("patch_size")?,
+        hidden_size,
+        mlp_dim: number("intermediate_size")?,
+        num_heads: number("num_attention_heads")?,
+        num_layers: number("num_hidden_layers")?,
+        num_classes,
+        classifier: Classifier::Token,
+        representation_size: tensor_len(&format!("{prefix}pooler.dense.bias")),
+        dropout: 0.0,
+        attention_dropout: 0.0,
+        layer_norm_eps: json
+            .get("layer_norm_eps")
+            .and_then(Value::as_f64)
+            .unwrap_or(1e-12),
+        activation,
+    };
+    config.validate()?;
+    Ok(config)
+}
+
+/// Labels in index order from `id2label`, when it names every class.
+pub fn read_labels(json: &Value, num_classes: usize) -> Option<Vec<String>> {
+    let map = json.get("id2label")?.as_object()?;
+    let labels: Option<Vec<String>> = (0..num_classes)
+        .map(|index| map.get(&index.to_string())?.as_str().map(str::to_string))
+        .collect();
+    labels.filter(|labels| labels.len() == num_classes && num_classes > 0)
+}
+
+/// Whether HF's `ViTForImageClassification` computes exactly this model.
+pub fn is_hf_expressible(config: &ViTConfig) -> bool {
+    config.classifier == Classifier::Token
+        && config.representation_size.is_none()
+        && config.num_classes > 0
+}
+
+/// config.json for an exported model: HF fields plus ours.
+pub fn write_config(config: &ViTConfig, labels: &[String]) -> Value {
+    let hidden_act = match config.activation {
+        Activation::GeluTanh => "gelu_pytorch_tanh",
+        Activation::GeluExact => "gelu",
+    };
+    let id2label: Map<String, Value> = labels
+        .iter()
+        .enumerate()
+        .map(|(index, label)| (index.to_string(), json!(label)))
+        .collect();
+    let label2id: Map<String, Value> = labels
+        .iter()
+        .enumerate()
+        .map(|(index, label)| (label.clone(), json!(index)))
+        .collect();
+    let mut fields = json!({
+        "image_size": config.image_size,
+        "patch_size": config.patch_size,
+        "num_channels": 3,
+        "hidden_size": config.hidden_size,
+        "intermediate_size": config.mlp_dim,
+        "num_attention_heads": config.num_heads,
+        "num_hidden_layers": config.num_layers,
+        "hidden_act": hidden_act,
+        "layer_norm_eps": config.layer_norm_eps,
+        "hidden_dropout_prob": config.dropout,
+        "attention_probs_dropout_prob": config.attention_dropout,
+        "qkv_bias": true,
+        "initializer_range": 0.02,
+        "id2label": id2label,
+        "label2id": label2id,
+        OUR_CONFIG_FIELD: config,
+    });
+    if is_hf_expressible(config) {
+        fields["model_type"] = json!("vit");
+        fields["architectures"] = json!(["ViTForImageClassification"]);
+    } else {
+        // Not `vit`: transformers must refuse it rather than compute another function.
+        fields["model_type"] = json!("vit-reference");
+        fields["architectures"] = json!(["VisionTransformer"]);
+    }
+    fields
+}

@@ -1,0 +1,305 @@
+//! Loading and saving real checkpoints. Every format is converted to one layout,
+//! the reference's ([`params`]); [`load`] detects the format from the file.
+//!
+//! - Google `vit_jax` `.npz` ([`google`]),
+//! - Hugging Face folders, which are also our export format ([`hf`]),
+//! - timm safetensors ([`timm`]).
+
+pub mod google;
+pub mod hf;
+pub mod npz;
+pub mod params;
+pub mod posemb;
+mod safetensors_io;
+mod surgery;
+pub mod timm;
+pub mod torch_layout;
+pub mod weights;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{BufReader, Cursor};
+use std::path::{Path, PathBuf};
+
+use burn::tensor::Device;
+
+pub use npz::NpzError;
+pub use params::{Array, Params};
+
+use crate::config::{ConfigError, ViTConfig};
+use crate::model::VisionTransformer;
+
+/// What can go wrong reading or writing a checkpoint.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("cannot access {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    UnknownFormat { path: PathBuf, message: String },
+    #[error("invalid .npz checkpoint")]
+    Npz(#[from] NpzError),
+    #[error("invalid safetensors data: {0}")]
+    Safetensors(String),
+    #[error("invalid config.json: {0}")]
+    Json(String),
+    #[error("the checkpoint lacks {} parameter(s) the model needs: {}", .0.len(), list(.0))]
+    MissingKeys(Vec<String>),
+    #[error("`{key}` has shape {found:?} but the model needs {expected:?}")]
+    ShapeMismatch {
+        key: String,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+    },
+    #[error("cannot work out the model architecture: {0}")]
+    Architecture(String),
+    #[error("not supported: {0}")]
+    Unsupported(String),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+}
+
+fn list(keys: &[String]) -> String {
+    const SHOWN: usize = 8;
+    let mut text = keys
+        .iter()
+        .take(SHOWN)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if keys.len() > SHOWN {
+        text.push_str(&format!(", and {} more", keys.len() - SHOWN));
+    }
+    text
+}
+
+/// The file layouts [`load`] understands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    GoogleNpz,
+    HuggingFace,
+    Timm,
+}
+
+/// What the file cannot tell by itself.
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    /// Attention heads, for timm files (they do not record it).
+    pub num_heads: Option<usize>,
+}
+
+/// A model read from a file: its architecture, its parameters in the reference
+/// layout, and its class names when the file has them.
+#[derive(Debug, Clone)]
+pub struct Checkpoint {
+    pub config: ViTConfig,
+    pub params: Params,
+    pub labels: Option<Vec<String>>,
+    pub format: Format,
+    /// Names in the file the model does not use (the reference's `inspect_params`
+    /// reports these too); loading still succeeds.
+    pub unexpected: Vec<String>,
+}
+
+/// Options for [`Checkpoint::save`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SaveOptions {
+    /// Store weights as float16 (half the download, for the browser).
+    pub float16: bool,
+}
+
+pub const CONFIG_FILE: &str = "config.json";
+pub const WEIGHTS_FILE: &str = "model.safetensors";
+
+/// Reads a checkpoint: a Google `.npz`, a timm or HF `.safetensors` file, or a
+/// folder with `config.json` + `model.safetensors` (HF, or our export).
+pub fn load(path: &Path, options: &LoadOptions) -> Result<Checkpoint, CheckpointError> {
+    let io = |source| CheckpointError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    if path.is_dir() {
+        let config = fs::read(path.join(CONFIG_FILE)).map_err(|source| CheckpointError::Io {
+            path: path.join(CONFIG_FILE),
+            source,
+        })?;
+        let weights = fs::read(path.join(WEIGHTS_FILE)).map_err(|source| CheckpointError::Io {
+            path: path.join(WEIGHTS_FILE),
+            source,
+        })?;
+        return from_hf_bytes(&config, &weights);
+    }
+    let file = fs::File::open(path).map_err(io)?;
+    let mut magic = [0u8; 4];
+    let head_len = std::io::Read::read(&mut &file, &mut magic).map_err(io)?;
+    if head_len == 4 && magic == *b"PK\x03\x04" {
+        let arrays = npz::read_npz(BufReader::new(fs::File::open(path).map_err(io)?))?;
+        return from_npz_arrays(arrays);
+    }
+    let bytes = fs::read(path).map_err(io)?;
+    let tensors = safetensors_io::read(&bytes).map_err(|error| match error {
+        CheckpointError::Safetensors(message) => CheckpointError::UnknownFormat {
+            path: path.to_path_buf(),
+            message: format!(
+                "not a Google .npz (zip) nor a readable safetensors file ({message}); \
+                 expected a .npz, a .safetensors file or a folder with config.json + model.safetensors"
+            ),
+        },
+        other => other,
+    })?;
+    if tensors.contains_key("patch_embed.proj.weight") {
+        return from_timm_tensors(tensors, options);
+    }
+    let config_path = path.with_file_name(CONFIG_FILE);
+    if tensors
+        .keys()
+        .any(|key| key.contains("embeddings.patch_embeddings"))
+    {
+        let config = fs::read(&config_path).map_err(|source| CheckpointError::Io {
+            path: config_path.clone(),
+            source,
+        })?;
+        return from_hf_parts(&config, tensors);
+    }
+    Err(CheckpointError::UnknownFormat {
+        path: path.to_path_buf(),
+        message: format!(
+            "safetensors file with neither timm (`patch_embed.proj.weight`) nor Hugging Face \
+             (`embeddings.patch_embeddings...`) names; first names: {}",
+            list(&tensors.keys().cloned().collect::<Vec<_>>())
+        ),
+    })
+}
+
+/// A Google `.npz` held in memory.
+pub fn from_npz_bytes(bytes: &[u8]) -> Result<Checkpoint, CheckpointError> {
+    from_npz_arrays(npz::read_npz(Cursor::new(bytes))?)
+}
+
+fn from_npz_arrays(arrays: Vec<(String, Array)>) -> Result<Checkpoint, CheckpointError> {
+    let (params, ignored) = google::to_params(arrays);
+    let config = google::infer_config(&params)?;
+    let mut unexpected = weights::check_params(&config, &params)?;
+    unexpected.extend(ignored);
+    Ok(Checkpoint {
+        config,
+        params,
+        labels: None,
+        format: Format::GoogleNpz,
+        unexpected,
+    })
+}
+
+/// An HF folder (or our export) held in memory: config.json and model.safetensors bytes.
+pub fn from_hf_bytes(config_json: &[u8], weights: &[u8]) -> Result<Checkpoint, CheckpointError> {
+    from_hf_parts(config_json, safetensors_io::read(weights)?)
+}
+
+fn from_hf_parts(
+    config_json: &[u8],
+    tensors: BTreeMap<String, Array>,
+) -> Result<Checkpoint, CheckpointError> {
+    let json: serde_json::Value = serde_json::from_slice(config_json)
+        .map_err(|error| CheckpointError::Json(error.to_string()))?;
+    let prefix = if tensors.keys().any(|key| key.starts_with("vit.")) {
+        "vit."
+    } else {
+        ""
+    };
+    let tensor_len = |key: &str| tensors.get(key).map(|array| array.data.len());
+    let config = hf::read_config(&json, tensor_len, prefix)?;
+    let expected = params::expected_shapes(&config);
+    let (params, unexpected) =
+        torch_layout::import(&hf::entries(&config, prefix), &expected, &tensors)?;
+    let labels = hf::read_labels(&json, config.num_classes);
+    Ok(Checkpoint {
+        config,
+        params,
+        labels,
+        format: Format::HuggingFace,
+        unexpected,
+    })
+}
+
+fn from_timm_tensors(
+    tensors: BTreeMap<String, Array>,
+    options: &LoadOptions,
+) -> Result<Checkpoint, CheckpointError> {
+    let config = timm::infer_config(&tensors, options.num_heads)?;
+    let expected = params::expected_shapes(&config);
+    let (params, unexpected) = torch_layout::import(&timm::entries(&config), &expected, &tensors)?;
+    Ok(Checkpoint {
+        config,
+        params,
+        labels: None,
+        format: Format::Timm,
+        unexpected,
+    })
+}
+
+impl Checkpoint {
+    /// Captures a model's parameters (e.g. after training) with its class names.
+    pub fn from_model(model: &VisionTransformer, labels: Option<Vec<String>>) -> Self {
+        Self {
+            config: model.config().clone(),
+            params: weights::model_params(model),
+            labels,
+            format: Format::HuggingFace,
+            unexpected: Vec::new(),
+        }
+    }
+
+    /// Builds the model on `device`.
+    pub fn build(&self, device: &Device) -> Result<VisionTransformer, CheckpointError> {
+        weights::build_model(&self.config, &self.params, device)
+    }
+
+    /// Class names, from the checkpoint or else the class indices.
+    pub fn label_names(&self) -> Vec<String> {
+        match &self.labels {
+            Some(labels) if labels.len() == self.config.num_classes => labels.clone(),
+            _ => (0..self.config.num_classes)
+                .map(|index| index.to_string())
+                .collect(),
+        }
+    }
+
+    /// The export format in memory: (config.json, model.safetensors).
+    pub fn to_hf_bytes(&self, options: SaveOptions) -> Result<(Vec<u8>, Vec<u8>), CheckpointError> {
+        weights::check_params(&self.config, &self.params)?;
+        let config = hf::write_config(&self.config, &self.label_names());
+        let config = serde_json::to_vec_pretty(&config)
+            .map_err(|error| CheckpointError::Json(error.to_string()))?;
+        let tensors = torch_layout::export(&hf::entries(&self.config, "vit."), &self.params)?;
+        let weights = safetensors_io::write(&tensors, options.float16)?;
+        Ok((config, weights))
+    }
+
+    /// Writes `dir/config.json` and `dir/model.safetensors` (Hugging Face
+    /// `ViTForImageClassification` layout where it can express the model).
+    /// Files appear complete or not at all.
+    pub fn save(&self, dir: &Path, options: SaveOptions) -> Result<(), CheckpointError> {
+        let (config, weights) = self.to_hf_bytes(options)?;
+        fs::create_dir_all(dir).map_err(|source| CheckpointError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        write_atomically(&dir.join(WEIGHTS_FILE), &weights)?;
+        write_atomically(&dir.join(CONFIG_FILE), &config)
+    }
+}
+
+/// Writes to a temporary name beside `path`, then renames it into place.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
+    let io = |source| CheckpointError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut temporary = path.as_os_str().to_owned();
+    temporary.push(".partial");
+    let temporary = PathBuf::from(temporary);
+    fs::write(&temporary, bytes).map_err(io)?;
+    fs::rename(&temporary, path).map_err(io)
+}

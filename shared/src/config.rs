@@ -1,0 +1,291 @@
+//! Model configurations: one JSON-serialisable description of a ViT, and the
+//! presets of the reference `vit_jax/configs/models.py`.
+
+use serde::{Deserialize, Serialize};
+
+/// How the encoder output becomes one vector per image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Classifier {
+    /// A learned class token is prepended; its final state is the representation.
+    Token,
+    /// Global average pooling over all tokens (no class token).
+    Gap,
+}
+
+/// The MLP non-linearity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Activation {
+    /// `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`: flax `nn.gelu`, the reference default.
+    GeluTanh,
+    /// `x·Φ(x)` with the exact error function: PyTorch `nn.GELU()`, used by HF and timm ports.
+    GeluExact,
+}
+
+/// Everything needed to build a Vision Transformer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ViTConfig {
+    pub image_size: usize,
+    pub patch_size: usize,
+    pub hidden_size: usize,
+    pub mlp_dim: usize,
+    pub num_heads: usize,
+    pub num_layers: usize,
+    /// 0 means no head: the model outputs its representation.
+    pub num_classes: usize,
+    pub classifier: Classifier,
+    /// Size of the optional pre-logits layer (Dense + tanh).
+    #[serde(default)]
+    pub representation_size: Option<usize>,
+    #[serde(default)]
+    pub dropout: f64,
+    #[serde(default)]
+    pub attention_dropout: f64,
+    #[serde(default = "default_layer_norm_eps")]
+    pub layer_norm_eps: f64,
+    #[serde(default = "default_activation")]
+    pub activation: Activation,
+}
+
+fn default_layer_norm_eps() -> f64 {
+    1e-6
+}
+
+fn default_activation() -> Activation {
+    Activation::GeluTanh
+}
+
+/// A configuration that cannot describe a working model.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ConfigError {
+    #[error("unknown model preset `{0}`; known presets: {known}", known = PRESET_NAMES.join(", "))]
+    UnknownPreset(String),
+    #[error("invalid model configuration: {0}")]
+    Invalid(String),
+}
+
+/// Names accepted by [`ViTConfig::preset`].
+pub const PRESET_NAMES: &[&str] = &[
+    "Ti/16", "S/16", "B/16", "B/32", "B/8", "L/16", "L/32", "H/14",
+];
+
+impl ViTConfig {
+    /// A preset of the reference (`configs/models.py`) at 224 px with 1000 classes.
+    /// Accepts `B/16`, `b16`, `ViT-B_16`, `vit-b16` and similar spellings.
+    pub fn preset(name: &str) -> Result<Self, ConfigError> {
+        let key: String = name
+            .trim()
+            .to_ascii_lowercase()
+            .trim_start_matches("vit")
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric())
+            .collect();
+        let (hidden_size, mlp_dim, num_heads, num_layers, patch_size, dropout) = match key.as_str()
+        {
+            "ti16" => (192, 768, 3, 12, 16, 0.0),
+            "s16" => (384, 1536, 6, 12, 16, 0.0),
+            "b16" => (768, 3072, 12, 12, 16, 0.0),
+            "b32" => (768, 3072, 12, 12, 32, 0.0),
+            "b8" => (768, 3072, 12, 12, 8, 0.0),
+            "l16" => (1024, 4096, 16, 24, 16, 0.1),
+            "l32" => (1024, 4096, 16, 24, 32, 0.0),
+            "h14" => (1280, 5120, 16, 32, 14, 0.1),
+            _ => return Err(ConfigError::UnknownPreset(name.to_string())),
+        };
+        Ok(Self {
+            image_size: 224,
+            patch_size,
+            hidden_size,
+            mlp_dim,
+            num_heads,
+            num_layers,
+            num_classes: 1000,
+            classifier: Classifier::Token,
+            representation_size: None,
+            dropout,
+            attention_dropout: 0.0,
+            layer_norm_eps: 1e-6,
+            activation: Activation::GeluTanh,
+        })
+    }
+
+    pub fn with_image_size(mut self, image_size: usize) -> Self {
+        self.image_size = image_size;
+        self
+    }
+
+    pub fn with_num_classes(mut self, num_classes: usize) -> Self {
+        self.num_classes = num_classes;
+        self
+    }
+
+    /// Patches per side.
+    pub fn grid_size(&self) -> usize {
+        self.image_size / self.patch_size
+    }
+
+    /// Tokens the encoder sees: the patches plus the class token, if any.
+    pub fn num_tokens(&self) -> usize {
+        self.grid_size() * self.grid_size() + self.num_prefix_tokens()
+    }
+
+    /// 1 with a class token, 0 with global average pooling.
+    pub fn num_prefix_tokens(&self) -> usize {
+        match self.classifier {
+            Classifier::Token => 1,
+            Classifier::Gap => 0,
+        }
+    }
+
+    pub fn head_dim(&self) -> usize {
+        self.hidden_size / self.num_heads.max(1)
+    }
+
+    /// Width of the vector the head sees.
+    pub fn representation_width(&self) -> usize {
+        self.representation_size.unwrap_or(self.hidden_size)
+    }
+
+    /// Checks the numbers fit together, so that building the model cannot panic.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let fail = |message: String| Err(ConfigError::Invalid(message));
+        let sizes = [
+            ("image_size", self.image_size),
+            ("patch_size", self.patch_size),
+            ("hidden_size", self.hidden_size),
+            ("mlp_dim", self.mlp_dim),
+            ("num_heads", self.num_heads),
+            ("num_layers", self.num_layers),
+        ];
+        if let Some((name, _)) = sizes.iter().find(|(_, value)| *value == 0) {
+            return fail(format!("{name} must be positive"));
+        }
+        if !self.image_size.is_multiple_of(self.patch_size) {
+            return fail(format!(
+                "image_size {} is not a multiple of patch_size {}",
+                self.image_size, self.patch_size
+            ));
+        }
+        if !self.hidden_size.is_multiple_of(self.num_heads) {
+            return fail(format!(
+                "hidden_size {} is not divisible by num_heads {}",
+                self.hidden_size, self.num_heads
+            ));
+        }
+        if self.representation_size == Some(0) {
+            return fail("representation_size must be positive when given".into());
+        }
+        for (name, rate) in [
+            ("dropout", self.dropout),
+            ("attention_dropout", self.attention_dropout),
+        ] {
+            if !(0.0..1.0).contains(&rate) {
+                return fail(format!("{name} must be in [0, 1), got {rate}"));
+            }
+        }
+        if !(self.layer_norm_eps > 0.0 && self.layer_norm_eps.is_finite()) {
+            return fail(format!(
+                "layer_norm_eps must be a positive number, got {}",
+                self.layer_norm_eps
+            ));
+        }
+        Ok(())
+    }
+
+    /// Number of trainable parameters, counted as the reference counts them.
+    pub fn num_params(&self) -> usize {
+        let d = self.hidden_size;
+        let p = self.patch_size;
+        let embedding = p * p * 3 * d + d;
+        let cls = self.num_prefix_tokens() * d;
+        let pos_embedding = self.num_tokens() * d;
+        let layer_norm = 2 * d;
+        let attention = 4 * (d * d + d);
+        let mlp = d * self.mlp_dim + self.mlp_dim + self.mlp_dim * d + d;
+        let block = 2 * layer_norm + attention + mlp;
+        let pre_logits = self.representation_size.map_or(0, |r| d * r + r);
+        let head = if self.num_classes > 0 {
+            self.representation_width() * self.num_classes + self.num_classes
+        } else {
+            0
+        };
+        embedding + cls + pos_embedding + self.num_layers * block + layer_norm + pre_logits + head
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parameter_counts_equal_the_reference() {
+        // Published counts at 224 px with 1000 classes (the reference prints B/16's; timm lists the others).
+        let b16 = ViTConfig::preset("B/16").unwrap();
+        assert_eq!(b16.num_params(), 86_567_656);
+        let ti16 = ViTConfig::preset("Ti/16").unwrap();
+        assert_eq!(ti16.num_params(), 5_717_416);
+        let s16 = ViTConfig::preset("S/16").unwrap();
+        assert_eq!(s16.num_params(), 22_050_664);
+        let l16 = ViTConfig::preset("L/16").unwrap();
+        assert_eq!(l16.num_params(), 304_326_632);
+        let b32 = ViTConfig::preset("B/32").unwrap();
+        assert_eq!(b32.num_params(), 88_224_232);
+    }
+
+    #[test]
+    fn presets_match_models_py() {
+        let h14 = ViTConfig::preset("H/14").unwrap();
+        assert_eq!(
+            (
+                h14.hidden_size,
+                h14.mlp_dim,
+                h14.num_heads,
+                h14.num_layers,
+                h14.patch_size
+            ),
+            (1280, 5120, 16, 32, 14)
+        );
+        assert_eq!(h14.dropout, 0.1);
+        assert_eq!(ViTConfig::preset("L/16").unwrap().dropout, 0.1);
+        assert_eq!(ViTConfig::preset("L/32").unwrap().dropout, 0.0);
+        assert_eq!(
+            ViTConfig::preset("ViT-B_16").unwrap(),
+            ViTConfig::preset("b16").unwrap()
+        );
+        assert!(matches!(
+            ViTConfig::preset("B/17"),
+            Err(ConfigError::UnknownPreset(_))
+        ));
+    }
+
+    #[test]
+    fn json_round_trip_and_defaults() {
+        let config = ViTConfig::preset("S/16").unwrap().with_num_classes(10);
+        let json = serde_json::to_string(&config).unwrap();
+        assert!(json.contains("\"activation\":\"gelu_tanh\""));
+        assert!(json.contains("\"classifier\":\"token\""));
+        let back: ViTConfig = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, config);
+        let minimal = r#"{"image_size":32,"patch_size":8,"hidden_size":24,"mlp_dim":40,
+            "num_heads":3,"num_layers":2,"num_classes":7,"classifier":"gap"}"#;
+        let parsed: ViTConfig = serde_json::from_str(minimal).unwrap();
+        assert_eq!(parsed.layer_norm_eps, 1e-6);
+        assert_eq!(parsed.activation, Activation::GeluTanh);
+        assert_eq!(parsed.num_tokens(), 16);
+    }
+
+    #[test]
+    fn validate_rejects_inconsistent_sizes() {
+        let mut config = ViTConfig::preset("Ti/16").unwrap();
+        assert!(config.validate().is_ok());
+        config.image_size = 225;
+        assert!(config.validate().is_err());
+        config.image_size = 224;
+        config.num_heads = 5;
+        assert!(config.validate().is_err());
+        config.num_heads = 3;
+        config.dropout = 1.0;
+        assert!(config.validate().is_err());
+    }
+}

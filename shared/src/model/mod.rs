@@ -1,0 +1,14 @@
+//! The Vision Transformer, module by module as in the reference `models_vit.py`.
+
+mod attention;
+mod embedding;
+mod encoder;
+mod mlp;
+mod vit;
+
+pub use attention::MultiHeadDotProductAttention;
+pub use embedding::{AddPositionEmbs, PatchEmbedding};
+pub(crate) use encoder::layer_norm;
+pub use encoder::{Encoder, Encoder1DBlock};
+pub use mlp::MlpBlock;
+pub use vit::{ForwardOutput, VisionTransformer};

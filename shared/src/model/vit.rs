@@ -1,0 +1,131 @@
+use burn::module::{Module, Param};
+use burn::nn::{Initializer, Linear, LinearConfig};
+use burn::tensor::{Device, Tensor};
+
+use super::{Encoder, PatchEmbedding};
+use crate::config::{Classifier, ConfigError, ViTConfig};
+
+/// The Vision Transformer of the reference `models_vit.VisionTransformer`.
+#[derive(Module, Debug)]
+pub struct VisionTransformer {
+    pub embedding: PatchEmbedding,
+    /// `[1, 1, D]`, present with the `token` classifier.
+    pub cls: Option<Param<Tensor<3>>>,
+    pub encoder: Encoder,
+    /// Optional `Dense + tanh` before the head.
+    pub pre_logits: Option<Linear>,
+    /// Absent when `num_classes` is 0: the model then outputs its representation.
+    pub head: Option<Linear>,
+    #[module(skip)]
+    config: ViTConfig,
+}
+
+/// Logits and, per layer, the attention probabilities `[B, heads, tokens, tokens]`.
+#[derive(Debug, Clone)]
+pub struct ForwardOutput {
+    pub logits: Tensor<2>,
+    pub attentions: Vec<Tensor<4>>,
+}
+
+impl VisionTransformer {
+    /// A freshly initialised model, with the reference's initialisers (zero class
+    /// token and head, normal(0.02) position embeddings).
+    pub fn new(config: &ViTConfig, device: &Device) -> Result<Self, ConfigError> {
+        config.validate()?;
+        let d = config.hidden_size;
+        let cls = (config.classifier == Classifier::Token)
+            .then(|| Initializer::Zeros.init([1, 1, d], device));
+        let pre_logits = config.representation_size.map(|size| {
+            LinearConfig::new(d, size)
+                .with_initializer(Initializer::KaimingNormal {
+                    gain: 1.0,
+                    fan_out_only: false,
+                })
+                .init(device)
+        });
+        let head = (config.num_classes > 0).then(|| {
+            LinearConfig::new(config.representation_width(), config.num_classes)
+                .with_initializer(Initializer::Zeros)
+                .init(device)
+        });
+        Ok(Self {
+            embedding: PatchEmbedding::new(config.patch_size, d, device),
+            cls,
+            encoder: Encoder::new(config, device),
+            pre_logits,
+            head,
+            config: config.clone(),
+        })
+    }
+
+    /// Assembles a model from already built parts (used by checkpoint loading).
+    pub fn from_parts(
+        config: ViTConfig,
+        embedding: PatchEmbedding,
+        cls: Option<Param<Tensor<3>>>,
+        encoder: Encoder,
+        pre_logits: Option<Linear>,
+        head: Option<Linear>,
+    ) -> Self {
+        Self {
+            embedding,
+            cls,
+            encoder,
+            pre_logits,
+            head,
+            config,
+        }
+    }
+
+    pub fn config(&self) -> &ViTConfig {
+        &self.config
+    }
+
+    /// `[B, 3, H, W]` images in [-1, 1] → `[B, num_classes]` logits (or the
+    /// representation when the model has no head).
+    pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
+        let tokens = self.tokens(images);
+        let encoded = self.encoder.forward(tokens);
+        self.classify(encoded)
+    }
+
+    /// Like [`forward`](Self::forward), also returning every layer's attention probabilities.
+    pub fn forward_with_attention(&self, images: Tensor<4>) -> ForwardOutput {
+        let tokens = self.tokens(images);
+        let (encoded, attentions) = self.encoder.forward_with_attention(tokens);
+        ForwardOutput {
+            logits: self.classify(encoded),
+            attentions,
+        }
+    }
+
+    /// Patch embeddings with the class token prepended: `[B, N, D]`.
+    fn tokens(&self, images: Tensor<4>) -> Tensor<3> {
+        let patches = self.embedding.forward(images);
+        match &self.cls {
+            Some(cls) => {
+                let [batch, _, hidden] = patches.dims();
+                let cls = cls.val().expand([batch, 1, hidden]);
+                Tensor::cat(vec![cls, patches], 1)
+            }
+            None => patches,
+        }
+    }
+
+    /// Pooling, pre-logits and head: `[B, N, D]` → `[B, C]`.
+    fn classify(&self, encoded: Tensor<3>) -> Tensor<2> {
+        let [batch, _, hidden] = encoded.dims();
+        let pooled: Tensor<2> = match self.config.classifier {
+            Classifier::Token => encoded.slice([0..batch, 0..1]).reshape([batch, hidden]),
+            Classifier::Gap => encoded.mean_dim(1).reshape([batch, hidden]),
+        };
+        let representation = match &self.pre_logits {
+            Some(dense) => dense.forward(pooled).tanh(),
+            None => pooled,
+        };
+        match &self.head {
+            Some(head) => head.forward(representation),
+            None => representation,
+        }
+    }
+}

@@ -1,0 +1,178 @@
+//! The `trainer` binary as a user runs it: predict and export on the fixtures.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures")
+        .join(name)
+}
+
+fn trainer(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_trainer"))
+        .args(args)
+        .output()
+        .expect("trainer runs")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn predict_json_prints_one_object_per_image() {
+    let checkpoint = fixture("hf_vit_cls");
+    let image = fixture("preprocess_image.png");
+    let out = trainer(&[
+        "predict",
+        "--checkpoint",
+        checkpoint.to_str().unwrap(),
+        "--json",
+        "--top-k",
+        "3",
+        image.to_str().unwrap(),
+        image.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 2);
+    for line in lines {
+        let value: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert!(
+            value["image"]
+                .as_str()
+                .unwrap()
+                .ends_with("preprocess_image.png")
+        );
+        assert_eq!(value["logits"].as_array().unwrap().len(), 6);
+        let probabilities: Vec<f64> = value["probabilities"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p.as_f64().unwrap())
+            .collect();
+        assert!((probabilities.iter().sum::<f64>() - 1.0).abs() < 1e-5);
+        let top = value["top"].as_array().unwrap();
+        assert_eq!(top.len(), 3);
+        let best = top[0]["index"].as_u64().unwrap() as usize;
+        let expected_max = probabilities.iter().cloned().fold(f64::MIN, f64::max);
+        assert_eq!(probabilities[best], expected_max);
+        let labels = ["apple", "bus", "cloud", "dune", "eel", "fern"];
+        assert_eq!(top[0]["label"], labels[best]);
+    }
+}
+
+#[test]
+fn predict_prints_a_readable_list_and_resizes_on_request() {
+    let checkpoint = fixture("google_token.npz");
+    let image = fixture("preprocess_image.png");
+    let out = trainer(&[
+        "predict",
+        "--checkpoint",
+        checkpoint.to_str().unwrap(),
+        "--image-size",
+        "48",
+        image.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("preprocess_image.png"), "{stdout}");
+    assert_eq!(
+        stdout.lines().filter(|line| line.contains('%')).count(),
+        5,
+        "{stdout}"
+    );
+}
+
+#[test]
+fn export_writes_a_folder_that_predict_reads_with_the_given_labels() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("exported");
+    let out = trainer(&[
+        "export",
+        "--checkpoint",
+        fixture("google_gap.npz").to_str().unwrap(),
+        "--out",
+        out_dir.to_str().unwrap(),
+        "--labels",
+        "red,green,blue",
+        "--f16",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(out_dir.join("config.json").exists() && out_dir.join("model.safetensors").exists());
+    let out = trainer(&[
+        "predict",
+        "--checkpoint",
+        out_dir.to_str().unwrap(),
+        "--json",
+        fixture("preprocess_image.png").to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let value: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
+    let label = value["top"][0]["label"].as_str().unwrap().to_string();
+    assert!(
+        ["red", "green", "blue"].contains(&label.as_str()),
+        "{label}"
+    );
+    // Wrong label count: one clear line, non-zero exit.
+    let out = trainer(&[
+        "export",
+        "--checkpoint",
+        fixture("google_gap.npz").to_str().unwrap(),
+        "--out",
+        dir.path().join("x").to_str().unwrap(),
+        "--labels",
+        "a,b",
+    ]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("--labels names 2 classes but the model has 3"));
+}
+
+#[test]
+fn errors_are_one_clear_line_and_a_failing_exit_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let not_image = dir.path().join("notes.txt");
+    std::fs::write(&not_image, "hello").unwrap();
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            vec![
+                "predict".into(),
+                "--checkpoint".into(),
+                "/nonexistent/model.npz".into(),
+                "x.png".into(),
+            ],
+            "/nonexistent/model.npz",
+        ),
+        (
+            vec![
+                "predict".into(),
+                "--checkpoint".into(),
+                fixture("google_token.npz").display().to_string(),
+                not_image.display().to_string(),
+            ],
+            "notes.txt",
+        ),
+        (
+            vec![
+                "predict".into(),
+                "--checkpoint".into(),
+                not_image.display().to_string(),
+                not_image.display().to_string(),
+            ],
+            "notes.txt",
+        ),
+    ];
+    for (args, mentions) in cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = trainer(&args);
+        assert!(!out.status.success(), "{args:?}");
+        let stderr = text(&out.stderr);
+        assert!(
+            stderr.starts_with("error: ") && stderr.trim_end().lines().count() == 1,
+            "{stderr}"
+        );
+        assert!(stderr.contains(mentions), "{stderr}");
+    }
+}

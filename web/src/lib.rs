@@ -1,0 +1,1 @@
+//! Placeholder: the browser app is built by its own issue.
