@@ -259,3 +259,23 @@ fn non_image_bytes_are_an_error() {
     assert!(vit::preprocess::preprocess(b"definitely not an image", 32).is_err());
     assert!(vit::preprocess::decode_rgb(&[0x89, b'P', b'N', b'G', 0, 0]).is_err());
 }
+
+#[test]
+fn dropout_acts_only_in_training() {
+    let mut checkpoint = load("google_token.npz");
+    checkpoint.config.dropout = 0.5;
+    checkpoint.config.attention_dropout = 0.5;
+    let input = &read_tensors("google_token.io.safetensors")["input"];
+    let reference = &read_tensors("google_token.io.safetensors")["logits"];
+    // Inference device: dropout is off, the reference function is computed.
+    assert!(max_abs_diff(&logits(&checkpoint, input), &reference.data) < 1e-4);
+    // Training device: dropout changes the output.
+    let device = Device::flex().autodiff();
+    let model = checkpoint.build(&device).unwrap();
+    let images = Tensor::<4>::from_data(
+        TensorData::new(input.data.clone(), input.shape.clone()),
+        &device,
+    );
+    let trained = model.forward(images).try_into_vec_as::<f32>().unwrap();
+    assert!(max_abs_diff(&trained, &reference.data) > 1e-2);
+}

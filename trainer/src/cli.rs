@@ -3,6 +3,9 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use serde::Serialize;
+
+use crate::schedule::Decay;
 
 /// Fine-tune Vision Transformers (ViT) and run them, with the numerics of Google's
 /// reference `vision_transformer` code.
@@ -10,15 +13,34 @@ use clap::{Args, Parser, Subcommand};
 /// Checkpoints can be a Google `.npz` (e.g. `ViT-B_16.npz`), a timm `.safetensors`
 /// file, or a folder with `config.json` + `model.safetensors` (Hugging Face, or
 /// what `trainer export` writes).
+///
+/// Training is the default command: `trainer --steps 2000` fine-tunes the ImageNet-21k
+/// ViT-B/16 on CIFAR-10 with the reference recipe (see `trainer train --help`).
 #[derive(Debug, Parser)]
-#[command(name = "trainer", version, about, long_about)]
+#[command(
+    name = "trainer",
+    version,
+    about,
+    long_about,
+    args_conflicts_with_subcommands = true
+)]
 pub struct Cli {
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub train: TrainArgs,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Fine-tune a ViT (the default command).
+    ///
+    /// Defaults are the reference `b16,cifar10` config: ViT-B/16 pretrained on
+    /// ImageNet-21k, 384 px, batch 512 in 8 micro-batches, SGD momentum 0.9, lr 0.01,
+    /// 500 warm-up steps then cosine decay, gradient clipping at norm 1.
+    ///
+    /// Example: trainer train --steps 2000 --dataset cifar10
+    Train(TrainArgs),
     /// Classify images with a checkpoint.
     ///
     /// Example: trainer predict --checkpoint export/ --top-k 3 cat.jpg dog.png
@@ -106,4 +128,79 @@ pub struct BenchArgs {
     /// Compute device: `cpu` (burn-flex), or `ndarray` when built with that feature.
     #[arg(long, default_value = "cpu")]
     pub device: String,
+}
+
+#[derive(Debug, Clone, Args, Serialize)]
+pub struct TrainArgs {
+    /// Total training steps (updates).
+    #[arg(long, default_value_t = 10_000)]
+    pub steps: usize,
+    /// Model: a preset (Ti/16, S/16, B/16, B/32, B/8, L/16, L/32, H/14) or a JSON config
+    /// file. Default: the pretrained checkpoint's architecture.
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Pretrained weights: a local file or folder, `gs://BUCKET/PATH`, `hf:ORG/NAME`,
+    /// an https URL, or `none` to train from scratch.
+    #[arg(long, default_value = crate::pretrained::DEFAULT)]
+    pub pretrained: String,
+    /// `cifar10`, `cifar100`, or the path of an image folder (DIR/train/<class>/*,
+    /// DIR/test/<class>/*) or of a .tar.gz of one.
+    #[arg(long, default_value = "cifar10")]
+    pub dataset: String,
+    /// Where downloads are cached (default: the user's cache folder).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Images per update.
+    #[arg(long, default_value_t = 512)]
+    pub batch: usize,
+    /// Micro-batches per update (gradients averaged); `batch` must be a multiple.
+    #[arg(long, default_value_t = 8)]
+    pub accum_steps: usize,
+    /// Base learning rate.
+    #[arg(long, default_value_t = 0.01)]
+    pub lr: f64,
+    /// Linear warm-up steps.
+    #[arg(long, default_value_t = 500)]
+    pub warmup: usize,
+    #[arg(long, value_enum, default_value_t = Decay::Cosine)]
+    pub decay: Decay,
+    #[arg(long, default_value_t = 0.9)]
+    pub momentum: f64,
+    /// Clip gradients to this global norm (0 disables).
+    #[arg(long, default_value_t = 1.0)]
+    pub grad_clip: f64,
+    /// Training and evaluation resolution in pixels.
+    #[arg(long, default_value_t = 384)]
+    pub resolution: usize,
+    /// Dropout rate (default: the model's; 0 for B/16).
+    #[arg(long)]
+    pub dropout: Option<f64>,
+    /// Evaluate on the test split every N steps (and at the end).
+    #[arg(long, default_value_t = 100)]
+    pub eval_every: usize,
+    /// Log metrics every N steps.
+    #[arg(long, default_value_t = 10)]
+    pub log_every: usize,
+    /// Split this fraction of a single-tree image folder off for testing.
+    #[arg(long)]
+    pub val_split: Option<f64>,
+    /// Fail on unreadable images instead of skipping them.
+    #[arg(long)]
+    pub strict: bool,
+    /// Output folder: config, metrics.jsonl, summary, export/.
+    #[arg(long, default_value = "runs/latest")]
+    pub workdir: PathBuf,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Compute device: `cpu` (burn-flex), or `ndarray` when built with that feature.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+impl TrainArgs {
+    pub fn cache_dir(&self) -> PathBuf {
+        self.data_dir
+            .clone()
+            .unwrap_or_else(crate::data::download::cache_dir)
+    }
 }

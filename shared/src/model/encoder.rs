@@ -124,9 +124,7 @@ impl Encoder {
         }
         (self.encoder_norm.forward(x), attentions)
     }
-}
 
-impl Encoder {
     fn embed_positions(&self, x: Tensor<3>) -> Tensor<3> {
         self.dropout.forward(self.pos_embedding.forward(x))
     }

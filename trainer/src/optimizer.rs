@@ -1,0 +1,181 @@
+//! SGD with momentum as the reference uses it (optax `sgd(momentum=0.9)` /
+//! PyTorch without dampening: `t = g + μ·t`, `p = p − lr·t`), after clipping the
+//! gradients to a global norm. burn's own SGD dampens momentum by default and
+//! clips each tensor separately, which is not the reference recipe.
+
+use std::collections::HashMap;
+
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
+use burn::optim::GradientsParams;
+use burn::tensor::Tensor;
+
+/// Momentum buffers, one per parameter, flattened.
+#[derive(Debug, Default)]
+pub struct Sgd {
+    pub momentum: f64,
+    buffers: HashMap<ParamId, Tensor<1>>,
+}
+
+impl Sgd {
+    pub fn new(momentum: f64) -> Self {
+        Self {
+            momentum,
+            buffers: HashMap::new(),
+        }
+    }
+
+    /// The global L2 norm of all gradients of `module`.
+    pub fn global_norm<M: Module>(module: &M, grads: &GradientsParams) -> f64 {
+        let mut visitor = SquaredNorm { grads, total: None };
+        module.visit(&mut visitor);
+        visitor
+            .total
+            .map_or(0.0, |total| f64::from(total.into_scalar::<f32>()).sqrt())
+    }
+
+    /// One update: clip to `max_norm` (if given), then momentum and the step.
+    /// Returns the updated module and the gradient norm before clipping.
+    pub fn step<M: Module>(
+        &mut self,
+        module: M,
+        grads: GradientsParams,
+        lr: f64,
+        max_norm: Option<f64>,
+    ) -> (M, f64) {
+        let norm = Self::global_norm(&module, &grads);
+        let scale = match max_norm {
+            Some(max) if norm > max => max / norm,
+            _ => 1.0,
+        };
+        let mut update = Update {
+            grads,
+            buffers: &mut self.buffers,
+            momentum: self.momentum,
+            lr,
+            scale,
+        };
+        (module.map(&mut update), norm)
+    }
+}
+
+struct SquaredNorm<'a> {
+    grads: &'a GradientsParams,
+    total: Option<Tensor<1>>,
+}
+
+impl ModuleVisitor for SquaredNorm<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        if let Some(grad) = self.grads.get::<D>(param.id) {
+            let squared = grad.square().sum();
+            self.total = Some(match self.total.take() {
+                Some(total) => total + squared,
+                None => squared,
+            });
+        }
+    }
+}
+
+struct Update<'a> {
+    grads: GradientsParams,
+    buffers: &'a mut HashMap<ParamId, Tensor<1>>,
+    momentum: f64,
+    lr: f64,
+    scale: f64,
+}
+
+impl ModuleMapper for Update<'_> {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let id = param.id;
+        let Some(grad) = self.grads.remove::<D>(id) else {
+            return param;
+        };
+        param.map(|tensor| {
+            let shape = tensor.shape();
+            let count = shape.num_elements();
+            let grad: Tensor<1> = grad.reshape([count]) * self.scale;
+            let trace = match self.buffers.remove(&id) {
+                Some(trace) => grad + trace * self.momentum,
+                None => grad,
+            };
+            let step: Tensor<D> = (trace.clone() * self.lr).reshape(shape);
+            self.buffers.insert(id, trace);
+            let updated = tensor.inner() - step;
+            Tensor::from_inner(updated).require_grad()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::nn::{Linear, LinearConfig};
+    use burn::tensor::{Device, TensorData};
+
+    use super::*;
+
+    /// A 1x2 linear layer without bias, weights [1, 1], and a gradient we choose.
+    fn layer_and_grads(grad: [f32; 2]) -> (Linear, GradientsParams) {
+        let device = Device::flex().autodiff();
+        let mut layer = LinearConfig::new(1, 2).with_bias(false).init(&device);
+        layer.weight = Param::from_tensor(Tensor::from_data(
+            TensorData::new(vec![1.0f32, 1.0], [1, 2]),
+            &device,
+        ));
+        let mut grads = GradientsParams::new();
+        grads.register(
+            layer.weight.id,
+            Tensor::<2>::from_data(TensorData::new(grad.to_vec(), [1, 2]), &Device::flex()),
+        );
+        (layer, grads)
+    }
+
+    fn weights(layer: &Linear) -> Vec<f32> {
+        layer.weight.val().try_into_vec_as::<f32>().unwrap()
+    }
+
+    #[test]
+    fn momentum_has_no_dampening() {
+        let mut sgd = Sgd::new(0.9);
+        let (layer, grads) = layer_and_grads([1.0, -2.0]);
+        let (layer, norm) = sgd.step(layer, grads, 0.1, None);
+        assert!((norm - 5f64.sqrt()).abs() < 1e-6);
+        // t = g; p = 1 - 0.1 g
+        let w = weights(&layer);
+        assert!(
+            (w[0] - 0.9).abs() < 1e-6 && (w[1] - 1.2).abs() < 1e-6,
+            "{w:?}"
+        );
+        let mut grads = GradientsParams::new();
+        grads.register(
+            layer.weight.id,
+            Tensor::<2>::from_data(TensorData::new(vec![1.0f32, -2.0], [1, 2]), &Device::flex()),
+        );
+        let (layer, _) = sgd.step(layer, grads, 0.1, None);
+        // t = g + 0.9 g = 1.9 g; p = p - 0.19 g (dampening 0.1 would give 1.8 g).
+        let w = weights(&layer);
+        assert!(
+            (w[0] - 0.71).abs() < 1e-6 && (w[1] - 1.58).abs() < 1e-6,
+            "{w:?}"
+        );
+    }
+
+    #[test]
+    fn clipping_scales_to_the_global_norm() {
+        let mut sgd = Sgd::new(0.0);
+        let (layer, grads) = layer_and_grads([3.0, 4.0]);
+        let (layer, norm) = sgd.step(layer, grads, 1.0, Some(1.0));
+        assert!((norm - 5.0).abs() < 1e-6);
+        let w = weights(&layer);
+        assert!(
+            (w[0] - 0.4).abs() < 1e-6 && (w[1] - 0.2).abs() < 1e-6,
+            "{w:?}"
+        );
+        // Below the limit nothing is scaled.
+        let (layer, grads) = layer_and_grads([0.3, 0.4]);
+        let (layer, _) = Sgd::new(0.0).step(layer, grads, 1.0, Some(1.0));
+        let w = weights(&layer);
+        assert!(
+            (w[0] - 0.7).abs() < 1e-6 && (w[1] - 0.6).abs() < 1e-6,
+            "{w:?}"
+        );
+    }
+}
