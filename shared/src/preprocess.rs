@@ -130,18 +130,19 @@ pub fn decode_rgb(bytes: &[u8]) -> Result<RgbImage, PreprocessError> {
 
 /// Source indices and weights for one output position along one axis.
 #[derive(Debug, Clone, Copy, PartialEq)]
-struct Tap {
-    i0: usize,
-    i1: usize,
-    w0: f32,
-    w1: f32,
+pub struct Tap {
+    pub i0: usize,
+    pub i1: usize,
+    pub w0: f32,
+    pub w1: f32,
 }
 
 /// Per-axis interpolation taps, computed in f32 exactly as PyTorch's CPU
 /// kernel does (`scale = n / m`; `src = max(scale * (o + 0.5) - 0.5, 0)`;
 /// `i0 = min(floor(src), n - 1)`; `lambda = clamp(src - i0, 0, 1)`), so
-/// results match its fixtures bit for bit in the common cases.
-fn axis_taps(n: usize, m: usize) -> Vec<Tap> {
+/// results match its fixtures bit for bit in the common cases. The trainer's
+/// fused crop-and-resize uses the same taps, so both resize identically.
+pub fn axis_taps(n: usize, m: usize) -> Vec<Tap> {
     let scale = n as f32 / m as f32;
     (0..m)
         .map(|o| {

@@ -14,7 +14,7 @@ use rand::rngs::Xoshiro256PlusPlus;
 use rand::{Rng, RngExt, SeedableRng};
 #[cfg(test)]
 use vit::preprocess::ModelInput;
-use vit::preprocess::RgbImage;
+use vit::preprocess::{RgbImage, Tap, axis_taps};
 
 /// Crop area as a fraction of the image: the reference passes `(0.05, 1.0)`.
 pub const AREA_RANGE: (f32, f32) = (0.05, 1.0);
@@ -221,24 +221,16 @@ pub fn train_batch(
     step: u64,
 ) -> Vec<f32> {
     let mut out = vec![0.0; indices.len() * 3 * size * size];
-    train_batch_into(images, indices, size, seed, step, &mut out);
+    train_batch_threads(
+        images,
+        indices,
+        size,
+        seed,
+        step,
+        &mut out,
+        default_threads(),
+    );
     out
-}
-
-/// [`train_batch`] into a caller's buffer of `indices.len() · 3 · size²`
-/// values, so a training loop can reuse one allocation.
-///
-/// # Panics
-/// As [`train_batch`], and if `out` has the wrong length.
-pub fn train_batch_into(
-    images: &[RgbImage],
-    indices: &[usize],
-    size: usize,
-    seed: u64,
-    step: u64,
-    out: &mut [f32],
-) {
-    train_batch_threads(images, indices, size, seed, step, out, default_threads());
 }
 
 /// The whole images of `indices`, resized and normalised, concatenated as
@@ -341,33 +333,15 @@ fn train_into(
     resize_crop_into(image, crop, size, flip, rows, out);
 }
 
-/// Source indices and weights for one output position along one axis.
-#[derive(Debug, Clone, Copy)]
-struct Tap {
-    i0: usize,
-    i1: usize,
-    w0: f32,
-    w1: f32,
-}
-
-/// Taps for resizing `n` samples starting at `offset` to `m`, with exactly
-/// the f32 arithmetic of `vit::preprocess::resize_bilinear` (TF2 bilinear,
-/// half-pixel centres, no antialiasing), so results equal it bit for bit.
-fn axis_taps(offset: usize, n: usize, m: usize) -> Vec<Tap> {
-    let scale = n as f32 / m as f32;
-    (0..m)
-        .map(|o| {
-            let src = (scale * (o as f32 + 0.5) - 0.5).max(0.0);
-            let i0 = (src.floor() as usize).min(n - 1);
-            let lambda = (src - i0 as f32).clamp(0.0, 1.0);
-            Tap {
-                i0: offset + i0,
-                i1: offset + (i0 + 1).min(n - 1),
-                w0: 1.0 - lambda,
-                w1: lambda,
-            }
-        })
-        .collect()
+/// Taps for resizing the `n` samples starting at `offset` to `m`: the taps of
+/// `vit::preprocess::resize_bilinear`, shifted into the crop, so results equal it bit for bit.
+fn crop_taps(offset: usize, n: usize, m: usize) -> Vec<Tap> {
+    let mut taps = axis_taps(n, m);
+    for tap in &mut taps {
+        tap.i0 += offset;
+        tap.i1 += offset;
+    }
+    taps
 }
 
 /// Resizes `crop` of `image` to `size`×`size`, mirrored left-right when
@@ -415,14 +389,14 @@ fn resize_crop_into(
         return;
     }
 
-    let mut x_taps = axis_taps(crop.x, crop.width, size);
+    let mut x_taps = crop_taps(crop.x, crop.width, size);
     if flip {
         // Output column x takes the taps of column size-1-x: the mirror of
         // the resized image, without touching any pixel twice.
         x_taps.reverse();
     }
     // Rows below are indexed relative to the crop.
-    let y_taps = axis_taps(0, crop.height, size);
+    let y_taps = axis_taps(crop.height, size);
 
     // Horizontal pass over the crop's rows, per channel, then blend rows
     // vertically: the grouping of `resize_bilinear`.

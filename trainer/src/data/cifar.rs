@@ -19,18 +19,7 @@ pub enum CifarKind {
 }
 
 /// CIFAR-10's class names in label order, used when `batches.meta.txt` is absent.
-pub const CIFAR10_CLASSES: [&str; 10] = [
-    "airplane",
-    "automobile",
-    "bird",
-    "cat",
-    "deer",
-    "dog",
-    "frog",
-    "horse",
-    "ship",
-    "truck",
-];
+use vit::labels::CIFAR10 as CIFAR10_CLASSES;
 
 const SIDE: usize = 32;
 const PIXEL_BYTES: usize = 3 * SIDE * SIDE;
@@ -145,7 +134,7 @@ pub fn load_cifar(path: &Path, kind: CifarKind) -> Result<Splits, DataError> {
 
     let classes = match meta_text {
         Some((meta_path, text)) => parse_class_names(&meta_path, &text, kind)?,
-        None => CIFAR10_CLASSES.iter().map(|s| s.to_string()).collect(),
+        None => vit::labels::owned(&CIFAR10_CLASSES),
     };
     let mut take = |name: &str| data.remove(name).unwrap_or_else(empty_records);
     let mut train = Dataset {
