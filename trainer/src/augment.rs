@@ -206,10 +206,12 @@ fn mix64(x: u64) -> u64 {
 /// augmented with its own [`example_rng`]; returns the concatenated CHW data
 /// `[B, 3, S, S]`, in `indices` order.
 ///
-/// The example at batch position `i` uses `example_rng(seed, step, i)`: the
+/// The example at position `i` of the whole update (`first_position` is where
+/// `indices` start, for micro-batches) uses `example_rng(seed, step, i)`: the
 /// position rather than the image index, so an image that appears twice in a
-/// batch gets two different augmentations. Work is split over the available
-/// cores; the output is the same for any thread count.
+/// batch gets two different augmentations, and micro-batches of one update get
+/// different ones. Work is split over the available cores; the output is the
+/// same for any thread count.
 ///
 /// # Panics
 /// If an index is out of range or an image is empty or malformed.
@@ -219,18 +221,31 @@ pub fn train_batch(
     size: usize,
     seed: u64,
     step: u64,
+    first_position: usize,
 ) -> Vec<f32> {
     let mut out = vec![0.0; indices.len() * 3 * size * size];
+    let positions = Positions {
+        first_position,
+        seed,
+        step,
+    };
     train_batch_threads(
         images,
         indices,
         size,
-        seed,
-        step,
+        positions,
         &mut out,
         default_threads(),
     );
     out
+}
+
+/// Where a run of examples sits in the stream of augmentations.
+#[derive(Debug, Clone, Copy)]
+struct Positions {
+    first_position: usize,
+    seed: u64,
+    step: u64,
 }
 
 /// The whole images of `indices`, resized and normalised, concatenated as
@@ -258,19 +273,20 @@ fn train_batch_threads(
     images: &[RgbImage],
     indices: &[usize],
     size: usize,
-    seed: u64,
-    step: u64,
+    positions: Positions,
     out: &mut [f32],
     threads: usize,
 ) {
-    for_each_example(indices, size, out, threads, |position, index, rows, dst| {
-        let mut rng = example_rng(seed, step, position as u64);
+    for_each_example(indices, size, out, threads, |offset, index, rows, dst| {
+        let position = (positions.first_position + offset) as u64;
+        let mut rng = example_rng(positions.seed, positions.step, position);
         train_into(&images[index], size, &mut rng, rows, dst);
     });
 }
 
+/// The size of the global rayon pool, which `--threads` sets for the whole trainer.
 fn default_threads() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
+    rayon::current_num_threads()
 }
 
 /// Runs `work(position, index, scratch, output)` for every example, split
@@ -702,14 +718,19 @@ mod tests {
         let len = indices.len() * 3 * size * size;
         let run = |threads| {
             let mut out = vec![0.0; len];
-            train_batch_threads(&images, &indices, size, 11, 5, &mut out, threads);
+            let positions = Positions {
+                first_position: 0,
+                seed: 11,
+                step: 5,
+            };
+            train_batch_threads(&images, &indices, size, positions, &mut out, threads);
             out
         };
         let one = run(1);
         for threads in [2, 3, 16] {
             assert_eq!(run(threads), one, "{threads} threads");
         }
-        assert_eq!(train_batch(&images, &indices, size, 11, 5), one);
+        assert_eq!(train_batch(&images, &indices, size, 11, 5, 0), one);
         // In `indices` order, each from its position's RNG; the repeated
         // image 2 gets two different augmentations.
         let example = |pos: usize| &one[pos * 3 * size * size..(pos + 1) * 3 * size * size];
@@ -721,8 +742,11 @@ mod tests {
             );
         }
         assert_ne!(example(2), example(3));
-        assert_ne!(train_batch(&images, &indices, size, 11, 6), one);
-        assert!(train_batch(&images, &[], size, 11, 5).is_empty());
+        assert_ne!(train_batch(&images, &indices, size, 11, 6, 0), one);
+        assert!(train_batch(&images, &[], size, 11, 5, 0).is_empty());
+        // A micro-batch starting at position 3 of the update is the tail of the whole.
+        let tail = train_batch(&images, &indices[3..], size, 11, 5, 3);
+        assert_eq!(tail, one[3 * 3 * size * size..]);
     }
 
     #[test]

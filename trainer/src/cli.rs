@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::schedule::Decay;
 
@@ -50,10 +50,57 @@ pub enum Command {
     ///
     /// Example: trainer export --checkpoint ViT-B_16.npz --out exported/ --f16
     Export(ExportArgs),
+    /// Accuracy of a checkpoint on a data set's test split: overall, per class, and a
+    /// confusion matrix (printed, and written as an SVG image).
+    ///
+    /// Example: trainer eval --checkpoint runs/latest/export --dataset cifar10
+    Eval(EvalArgs),
+    /// What this machine offers for training: backends, devices, memory, threads, disk.
+    ///
+    /// Example: trainer info --workdir runs/latest
+    Info(InfoArgs),
     /// Time the forward pass of a model preset with random weights.
     ///
     /// Example: trainer bench --model B/16 --image-size 224 --batch 1
     Bench(BenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    pub checkpoint: CheckpointArgs,
+    /// `cifar10`, `cifar100`, or an image folder / .tar.gz (its test split is used).
+    #[arg(long, default_value = "cifar10")]
+    pub dataset: String,
+    /// Where downloads are cached (default: the user's cache folder).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Split this fraction of a single-tree image folder off for testing.
+    #[arg(long)]
+    pub val_split: Option<f64>,
+    /// Evaluate at this resolution (default: the checkpoint's).
+    #[arg(long, value_name = "N")]
+    pub resolution: Option<usize>,
+    /// Images per forward pass.
+    #[arg(long, default_value_t = 64)]
+    pub batch: usize,
+    /// Where to write confusion.svg and eval.json (default: the checkpoint's folder,
+    /// or beside the checkpoint file).
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Compute device: `cpu` (burn-flex); `tch`, `tch:cpu`, `tch:cuda:N` with the `tch` feature.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// CPU threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+#[derive(Debug, Args)]
+pub struct InfoArgs {
+    /// The folder whose free disk space matters (where runs are written).
+    #[arg(long, default_value = "runs")]
+    pub workdir: PathBuf,
 }
 
 /// Options shared by every command that reads a checkpoint.
@@ -130,7 +177,7 @@ pub struct BenchArgs {
     pub device: String,
 }
 
-#[derive(Debug, Clone, Args, Serialize)]
+#[derive(Debug, Clone, Args, Serialize, Deserialize)]
 pub struct TrainArgs {
     /// Total training steps (updates).
     #[arg(long, default_value_t = 10_000)]
@@ -187,14 +234,33 @@ pub struct TrainArgs {
     /// Fail on unreadable images instead of skipping them.
     #[arg(long)]
     pub strict: bool,
-    /// Output folder: config, metrics.jsonl, summary, export/.
+    /// Write a checkpoint every N steps (and at the end, and on Ctrl-C).
+    #[arg(long, default_value_t = 500)]
+    pub checkpoint_every: usize,
+    /// Output folder: config, metrics.jsonl, curves.svg, summary, checkpoint/, export/.
     #[arg(long, default_value = "runs/latest")]
     pub workdir: PathBuf,
+    /// Continue the run saved in --workdir from its checkpoint, with its saved options
+    /// (only --device, --threads, --data-dir, --log-every, --eval-every and
+    /// --checkpoint-every may change). Gives the same metrics as an uninterrupted run.
+    #[arg(long)]
+    #[serde(skip)]
+    pub resume: bool,
+    /// Stop once this many steps are done, writing a checkpoint, to continue later
+    /// with --resume (e.g. to fit a run into time slots).
+    #[arg(long, value_name = "STEP")]
+    #[serde(skip)]
+    pub stop_after: Option<usize>,
+    /// Seed for the data order and the augmentations.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Compute device: `cpu` (burn-flex), or `ndarray` when built with that feature.
+    /// Compute device: `cpu` (burn-flex); `tch`, `tch:cpu`, `tch:cuda:N` with the Cargo
+    /// feature `tch`; `ndarray` with the feature `ndarray`.
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// CPU threads for the model (burn-flex) and the input pipeline (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
 }
 
 impl TrainArgs {

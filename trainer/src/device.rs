@@ -1,4 +1,4 @@
-//! Picking the compute device from its name on the command line.
+//! Picking the compute device from its name on the command line, and the CPU threads.
 
 use anyhow::{Result, bail};
 use burn::tensor::Device;
@@ -34,4 +34,19 @@ pub fn parse(name: &str) -> Result<Device> {
             }
         ),
     }
+}
+
+/// Sizes the global thread pool that burn-flex and the input pipeline share
+/// (`None`: one thread per core). Must run before any computation.
+pub fn configure_threads(threads: Option<usize>) -> Result<()> {
+    let Some(threads) = threads else {
+        return Ok(());
+    };
+    if threads == 0 {
+        bail!("--threads must be at least 1");
+    }
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build_global()
+        .map_err(|error| anyhow::anyhow!("cannot start {threads} threads: {error}"))
 }

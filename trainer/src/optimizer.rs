@@ -34,7 +34,8 @@ impl Sgd {
     }
 
     /// One update: clip to `max_norm` (if given), then momentum and the step.
-    /// Returns the updated module and the gradient norm before clipping.
+    /// Returns the updated module and the gradient norm before clipping. With a
+    /// non-finite norm nothing changes, so that no NaN reaches the weights.
     pub fn step<M: Module>(
         &mut self,
         module: M,
@@ -43,6 +44,9 @@ impl Sgd {
         max_norm: Option<f64>,
     ) -> (M, f64) {
         let norm = Self::global_norm(&module, &grads);
+        if !norm.is_finite() {
+            return (module, norm);
+        }
         let scale = match max_norm {
             Some(max) if norm > max => max / norm,
             _ => 1.0,
@@ -55,6 +59,60 @@ impl Sgd {
             scale,
         };
         (module.map(&mut update), norm)
+    }
+
+    /// The momentum buffers in the shape of `module`'s parameters (zeros before the
+    /// first update, which is what a missing buffer means), for checkpoints.
+    /// `module` should be the parameter-only (`valid()`) copy of the trained module.
+    pub fn buffers_as_module<M: Module>(&self, module: M) -> M {
+        module.map(&mut AsModule {
+            buffers: &self.buffers,
+        })
+    }
+
+    /// Restores buffers saved by [`Self::buffers_as_module`]: `buffers` has the
+    /// structure of `module`, whose parameter ids the buffers are filed under.
+    pub fn restore_buffers<M: Module>(&mut self, module: &M, buffers: &M) {
+        let mut ids = Collect::default();
+        module.visit(&mut ids);
+        let mut tensors = Collect::default();
+        buffers.visit(&mut tensors);
+        self.buffers = ids
+            .ids
+            .into_iter()
+            .zip(tensors.flat)
+            .collect::<HashMap<_, _>>();
+    }
+}
+
+struct AsModule<'a> {
+    buffers: &'a HashMap<ParamId, Tensor<1>>,
+}
+
+impl ModuleMapper for AsModule<'_> {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let buffer = self.buffers.get(&param.id).cloned();
+        param.map(|tensor| match buffer {
+            Some(buffer) => buffer.reshape(tensor.shape()),
+            None => tensor.zeros_like(),
+        })
+    }
+}
+
+/// Parameter ids and flattened values, in visiting order (the same for two
+/// modules of one structure).
+#[derive(Default)]
+struct Collect {
+    ids: Vec<ParamId>,
+    flat: Vec<Tensor<1>>,
+}
+
+impl ModuleVisitor for Collect {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let value = param.val();
+        let count = value.shape().num_elements();
+        self.ids.push(param.id);
+        self.flat.push(value.reshape([count]));
     }
 }
 
@@ -177,5 +235,50 @@ mod tests {
             (w[0] - 0.7).abs() < 1e-6 && (w[1] - 0.6).abs() < 1e-6,
             "{w:?}"
         );
+    }
+
+    #[test]
+    fn saved_buffers_continue_the_same_momentum() {
+        let mut sgd = Sgd::new(0.9);
+        let (layer, grads) = layer_and_grads([1.0, -2.0]);
+        let (layer, _) = sgd.step(layer, grads, 0.1, None);
+        let saved = sgd.buffers_as_module(layer.valid());
+        assert_eq!(weights(&saved), vec![1.0, -2.0]);
+
+        // A restored optimiser on a rebuilt layer (new parameter ids) continues
+        // exactly as the original one.
+        let (rebuilt, _) = layer_and_grads([0.0, 0.0]);
+        let rebuilt = rebuilt.map(&mut SetWeights(weights(&layer)));
+        let mut restored = Sgd::new(0.9);
+        restored.restore_buffers(&rebuilt, &saved);
+        let grad = |id| {
+            let mut grads = GradientsParams::new();
+            let data = TensorData::new(vec![0.5f32, 0.5], [1, 2]);
+            grads.register(id, Tensor::<2>::from_data(data, &Device::flex()));
+            grads
+        };
+        let id = layer.weight.id;
+        let (original, _) = sgd.step(layer, grad(id), 0.1, None);
+        let id = rebuilt.weight.id;
+        let (continued, _) = restored.step(rebuilt, grad(id), 0.1, None);
+        assert_eq!(weights(&original), weights(&continued));
+        // Before any update, the saved buffers are zeros.
+        let (fresh, _) = layer_and_grads([0.0, 0.0]);
+        assert_eq!(
+            weights(&Sgd::new(0.9).buffers_as_module(fresh)),
+            vec![0.0, 0.0]
+        );
+    }
+
+    struct SetWeights(Vec<f32>);
+
+    impl ModuleMapper for SetWeights {
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+            let values = self.0.clone();
+            param.map(|tensor| {
+                let data = TensorData::new(values, tensor.shape());
+                Tensor::from_data(data, &tensor.device())
+            })
+        }
     }
 }

@@ -60,7 +60,7 @@ pub fn load(value: &str, cache: &Path) -> Result<Option<Checkpoint>> {
         Source::Remote(files) => {
             for (url, dest) in &files {
                 eprintln!("pretrained weights: {url}");
-                download::fetch(url, dest, &Expected::default(), &mut print_progress())
+                download::fetch(url, dest, &Expected::default(), &mut crate::progress::download())
                     .with_context(|| {
                         format!(
                             "cannot download {url}; without network, download it elsewhere and put it at {} \
@@ -80,28 +80,6 @@ pub fn load(value: &str, cache: &Path) -> Result<Option<Checkpoint>> {
     let checkpoint = vit::checkpoint::load(&path, &LoadOptions::default())
         .with_context(|| format!("cannot load the pretrained checkpoint {}", path.display()))?;
     Ok(Some(checkpoint))
-}
-
-/// A progress callback that redraws one line on the terminal, at most every 1%.
-pub fn print_progress() -> impl FnMut(u64, Option<u64>) {
-    let mut last_percent = None;
-    move |done, total| {
-        let line = match total {
-            Some(total) if total > 0 => {
-                let percent = done * 100 / total;
-                if last_percent == Some(percent) {
-                    return;
-                }
-                last_percent = Some(percent);
-                format!("  {percent:>3}% of {:.1} MB", total as f64 / 1e6)
-            }
-            _ => format!("  {:.1} MB", done as f64 / 1e6),
-        };
-        eprint!("\r{line}");
-        if total.is_some_and(|total| done >= total) {
-            eprintln!();
-        }
-    }
 }
 
 #[cfg(test)]

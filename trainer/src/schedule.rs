@@ -2,7 +2,9 @@
 //! decay, as Google's `vit_jax` (`utils.create_learning_rate_schedule`).
 
 /// How the learning rate falls after warmup.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Decay {
     /// `base · 0.5 · (1 + cos(π·progress))`, reaching 0 at the last step.

@@ -1,8 +1,10 @@
 //! `trainer train`: fine-tuning with the reference recipe.
 
-use std::fs::{self, File};
-use std::io::{BufWriter, Write};
-use std::path::Path;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Receiver;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail, ensure};
@@ -10,15 +12,17 @@ use burn::module::Module;
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Device, Int, Tensor, TensorData};
-use rand::RngExt;
+use indicatif::ProgressBar;
 use serde_json::json;
 use vit::{Checkpoint, SaveOptions, ViTConfig, VisionTransformer};
 
 use crate::cli::TrainArgs;
-use crate::data::{self, Dataset};
+use crate::data::{Dataset, Source, Splits};
+use crate::metrics::Metrics;
 use crate::optimizer::Sgd;
+use crate::pipeline::{self, MicroBatch, Plan};
 use crate::schedule::Schedule;
-use crate::{augment, device, eval, pretrained};
+use crate::{checkpoint, device, eval, pretrained, progress};
 
 /// Mean softmax cross-entropy of `logits` [B, C] against class `targets`.
 pub fn cross_entropy(logits: Tensor<2>, targets: &[usize]) -> Tensor<1> {
@@ -30,49 +34,60 @@ pub fn cross_entropy(logits: Tensor<2>, targets: &[usize]) -> Tensor<1> {
     picked.mean().neg()
 }
 
-/// Which training example comes at position `k` of the stream: each epoch is a
-/// fresh permutation seeded by (seed, epoch), so the order depends only on the step.
-pub fn example_at(
-    k: usize,
-    count: usize,
-    seed: u64,
-    cache: &mut Option<(usize, Vec<usize>)>,
-) -> usize {
-    let epoch = k / count;
-    if cache.as_ref().is_none_or(|(cached, _)| *cached != epoch) {
-        *cache = Some((epoch, permutation(count, seed, epoch as u64)));
-    }
-    let (_, order) = cache.as_ref().expect("permutation was just computed");
-    order[k % count]
+/// How a training run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Completion {
+    Finished,
+    /// Stopped at `--stop-after`, after writing a checkpoint.
+    Stopped,
+    /// Stopped by Ctrl-C, after writing a checkpoint.
+    Interrupted,
 }
 
-/// A seeded Fisher–Yates shuffle of `0..count` for one epoch.
-fn permutation(count: usize, seed: u64, epoch: u64) -> Vec<usize> {
-    // Step u64::MAX is never a training step, so this stream is apart from the augmentations'.
-    let mut rng = augment::example_rng(seed, u64::MAX, epoch);
-    let mut order: Vec<usize> = (0..count).collect();
-    for i in (1..count).rev() {
-        order.swap(i, rng.random_range(0..=i));
-    }
-    order
-}
+/// Options that a resumed run may change: they do not change what it computes.
+const RUNTIME_OPTIONS: [&str; 9] = [
+    "device",
+    "stop_after",
+    "threads",
+    "data_dir",
+    "log_every",
+    "eval_every",
+    "checkpoint_every",
+    "workdir",
+    "resume",
+];
 
-pub fn run(args: &TrainArgs) -> Result<()> {
-    ensure!(args.steps > 0, "--steps must be at least 1");
-    ensure!(args.batch > 0, "--batch must be at least 1");
-    ensure!(
-        args.eval_every > 0 && args.log_every > 0,
-        "--eval-every and --log-every must be at least 1"
-    );
-    ensure!(
-        args.accum_steps > 0 && args.batch.is_multiple_of(args.accum_steps),
-        "--batch {} must be a multiple of --accum-steps {}",
-        args.batch,
-        args.accum_steps
-    );
+/// `explicit` names the options given on the command line (clap ids), which
+/// matter when resuming: the saved recipe is kept, and may not be contradicted.
+pub fn run(args: &TrainArgs, explicit: &[String]) -> Result<Completion> {
+    let resumed = if args.resume {
+        Some(resume_point(args, explicit)?)
+    } else {
+        None
+    };
+    let args = resumed.as_ref().map_or(args, |(_, state)| &state.args);
+    validate(args)?;
+    device::configure_threads(args.threads)?;
     let device = device::parse(&args.device)?;
-    let splits = load_data(args).context("cannot load the data set")?;
-    let (train_set, test_set) = (splits.train, splits.test);
+    if resumed.is_none() {
+        refuse_to_overwrite(&args.workdir)?;
+    }
+    let source = Source {
+        dataset: args.dataset.clone(),
+        cache_dir: args.cache_dir(),
+        strict: args.strict,
+        val_split: args.val_split,
+    };
+    let Splits {
+        train: mut train_set,
+        test: test_set,
+    } = source.load().context("cannot load the data set")?;
+    if source.cifar().is_some() {
+        // The reference trains on `train[:98%]` (49,000 CIFAR images).
+        let kept = (train_set.images.len() * 98).div_ceil(100);
+        train_set.images.truncate(kept);
+        train_set.labels.truncate(kept);
+    }
     let classes = train_set.classes.clone();
     eprintln!(
         "data: {} training and {} test images, {} classes",
@@ -80,68 +95,166 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         test_set.images.len(),
         classes.len()
     );
-
-    let model = initial_model(args, classes.len(), &device.clone().autodiff())?;
-    let config = model.config().clone();
     fs::create_dir_all(&args.workdir).with_context(|| {
         format!(
             "cannot create the work directory {}",
             args.workdir.display()
         )
     })?;
-    fs::write(
-        args.workdir.join("config.json"),
-        serde_json::to_vec_pretty(&json!({
-            "model": config,
-            "train": args,
-        }))?,
-    )?;
+
+    let start = match &resumed {
+        Some((dir, state)) => {
+            if state.classes != classes {
+                bail!(
+                    "the data set's classes ({}) are not those of the checkpoint ({})",
+                    classes.join(", "),
+                    state.classes.join(", ")
+                );
+            }
+            let (model, optimizer) = checkpoint::load(dir, args.momentum, &device)?;
+            eprintln!(
+                "resuming from the checkpoint at step {} in {}",
+                state.step,
+                dir.display()
+            );
+            Start {
+                model,
+                optimizer,
+                step: state.step,
+                metrics: Metrics::resume(&args.workdir, state.step)?,
+            }
+        }
+        None => {
+            let model = initial_model(args, classes.len(), &device.clone().autodiff())?;
+            fs::write(
+                args.workdir.join("config.json"),
+                serde_json::to_vec_pretty(&json!({
+                    "model": model.config(),
+                    "train": args,
+                }))?,
+            )?;
+            Start {
+                model,
+                optimizer: Sgd::new(args.momentum),
+                step: 0,
+                metrics: Metrics::create(&args.workdir)?,
+            }
+        }
+    };
+    let config = start.model.config();
     eprintln!(
-        "model: {} parameters, {} px, {} classes",
+        "model: {} parameters, {} px, {} classes; the first loss of a zero head is ln({}) = {:.6}",
         config.num_params(),
         config.image_size,
-        config.num_classes
+        config.num_classes,
+        config.num_classes,
+        (config.num_classes as f64).ln()
     );
 
-    let model = train_loop(args, model, &train_set, &test_set, &device)?;
+    let run = Run {
+        args,
+        classes: &classes,
+        train_set: &train_set,
+        test_set: &test_set,
+        device: &device,
+        interrupted: interrupt_flag(),
+    };
+    let model = match run.train(start)? {
+        Ok(model) => model,
+        Err(stopped) => return Ok(stopped),
+    };
     let export_dir = args.workdir.join("export");
     Checkpoint::from_model(&model.valid(), Some(classes))
         .save(&export_dir, SaveOptions::default())
         .context("cannot write the exported model")?;
     eprintln!("exported the fine-tuned model to {}", export_dir.display());
+    Ok(Completion::Finished)
+}
+
+fn validate(args: &TrainArgs) -> Result<()> {
+    ensure!(args.steps > 0, "--steps must be at least 1");
+    ensure!(args.batch > 0, "--batch must be at least 1");
+    ensure!(
+        args.eval_every > 0 && args.log_every > 0 && args.checkpoint_every > 0,
+        "--eval-every, --log-every and --checkpoint-every must be at least 1"
+    );
+    ensure!(
+        args.accum_steps > 0 && args.batch.is_multiple_of(args.accum_steps),
+        "--batch {} must be a multiple of --accum-steps {}",
+        args.batch,
+        args.accum_steps
+    );
     Ok(())
 }
 
-/// `cifar10` / `cifar100` (downloaded once into the cache), or an image folder.
-fn load_data(args: &TrainArgs) -> Result<data::Splits> {
-    let cifar = match args.dataset.to_ascii_lowercase().as_str() {
-        "cifar10" => Some((data::cifar::CifarKind::Cifar10, &data::download::CIFAR10)),
-        "cifar100" => Some((data::cifar::CifarKind::Cifar100, &data::download::CIFAR100)),
-        _ => None,
-    };
-    if let Some((kind, remote)) = cifar {
-        let dest = args.cache_dir().join(remote.file_name);
-        eprintln!("data set: {}", remote.url);
-        data::download::fetch(
-            remote.url,
-            &dest,
-            &remote.expected,
-            &mut pretrained::print_progress(),
-        )?;
-        return Ok(data::cifar::load_cifar(&dest, kind)?);
-    }
-    let options = data::folder::FolderOptions {
-        strict: args.strict,
-        val_split: args.val_split,
-    };
-    let (splits, report) = data::folder::load_image_folder(Path::new(&args.dataset), &options)?;
-    if let Some((path, reason)) = report.skipped.first() {
-        eprintln!(
-            "warning: skipped {} unreadable image(s), e.g. {path}: {reason} (use --strict to fail instead)",
-            report.skipped.len()
+/// A new run must not silently replace one that can still be resumed.
+fn refuse_to_overwrite(workdir: &Path) -> Result<()> {
+    if let Some((dir, state)) = checkpoint::find(workdir)? {
+        bail!(
+            "{} already holds a run (checkpoint at step {} of {}); continue it with --resume, \
+             or choose another --workdir (or delete {})",
+            workdir.display(),
+            state.step,
+            state.args.steps,
+            dir.display()
         );
     }
-    Ok(splits)
+    Ok(())
+}
+
+/// The checkpoint to resume and its options, with the runtime options given now.
+fn resume_point(args: &TrainArgs, explicit: &[String]) -> Result<(PathBuf, checkpoint::State)> {
+    let Some((dir, mut state)) = checkpoint::find(&args.workdir)? else {
+        bail!(
+            "there is no checkpoint in {} to resume; check --workdir, or start without --resume",
+            args.workdir.display()
+        );
+    };
+    let now = serde_json::to_value(args)?;
+    let mut saved = serde_json::to_value(&state.args)?;
+    let mut conflicts = Vec::new();
+    for id in explicit {
+        if RUNTIME_OPTIONS.contains(&id.as_str()) {
+            saved[id] = now[id].clone();
+        } else if now[id] != saved[id] {
+            conflicts.push(format!(
+                "--{} {} (the run has {})",
+                id.replace('_', "-"),
+                now[id],
+                saved[id]
+            ));
+        }
+    }
+    if !conflicts.is_empty() {
+        bail!(
+            "a resumed run keeps its recipe, but these options differ: {}; drop them, or start a new run in another --workdir",
+            conflicts.join(", ")
+        );
+    }
+    saved["workdir"] = now["workdir"].clone();
+    state.args = serde_json::from_value(saved).context("cannot merge the saved options")?;
+    state.args.resume = true;
+    state.args.stop_after = args.stop_after;
+    Ok((dir, state))
+}
+
+/// Set by Ctrl-C; the training loop checkpoints and stops after the current
+/// step. A second Ctrl-C exits at once.
+fn interrupt_flag() -> Arc<AtomicBool> {
+    let flag = Arc::new(AtomicBool::new(false));
+    let handler_flag = Arc::clone(&flag);
+    let installed = ctrlc::set_handler(move || {
+        if handler_flag.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!(
+            "\nstopping after this step to write a checkpoint (Ctrl-C again to quit at once)"
+        );
+    });
+    if let Err(error) = installed {
+        eprintln!("warning: Ctrl-C will not write a checkpoint ({error})");
+    }
+    flag
 }
 
 /// The model to start from: pretrained weights with a fresh head, or random.
@@ -184,102 +297,229 @@ fn model_config(model: &str) -> Result<ViTConfig> {
     Ok(ViTConfig::preset(model)?)
 }
 
-fn train_loop(
-    args: &TrainArgs,
-    mut model: VisionTransformer,
-    train_set: &Dataset,
-    test_set: &Dataset,
-    device: &Device,
-) -> Result<VisionTransformer> {
-    let training_device = device.clone().autodiff();
-    let size = model.config().image_size;
-    let schedule = Schedule {
-        base_lr: args.lr,
-        warmup_steps: args.warmup,
-        total_steps: args.steps,
-        decay: args.decay,
-    };
-    let mut optimizer = Sgd::new(args.momentum);
-    let micro_batch = args.batch / args.accum_steps;
-    let mut metrics = BufWriter::new(
-        File::create(args.workdir.join("metrics.jsonl")).context("cannot create metrics.jsonl")?,
-    );
-    let mut order_cache = None;
-    let mut summary = Vec::new();
-    let count = train_set.images.len();
-    ensure!(count > 0, "the training set is empty");
-    for step in 0..args.steps {
-        let started = Instant::now();
-        let lr = schedule.lr_at(step);
-        let indices: Vec<usize> = (0..args.batch)
-            .map(|j| example_at(step * args.batch + j, count, args.seed, &mut order_cache))
-            .collect();
-        let mut accumulator = GradientsAccumulator::<VisionTransformer>::new();
-        let mut loss_sum = 0.0;
-        for micro in indices.chunks(micro_batch) {
-            let pixels =
-                augment::train_batch(&train_set.images, micro, size, args.seed, step as u64);
-            let images = Tensor::<4>::from_data(
-                TensorData::new(pixels, [micro.len(), 3, size, size]),
-                &training_device,
-            );
-            let targets: Vec<usize> = micro.iter().map(|&i| train_set.labels[i]).collect();
-            let loss = cross_entropy(model.forward(images), &targets) / args.accum_steps as f64;
-            loss_sum += f64::from(loss.clone().into_scalar::<f32>());
-            let grads = GradientsParams::from_grads(loss.backward(), &model);
-            accumulator.accumulate(&model, grads);
-        }
-        if !loss_sum.is_finite() {
-            bail!(
-                "the loss became {loss_sum} at step {}; lower --lr or check the data",
-                step + 1
-            );
-        }
-        let (updated, grad_norm) = optimizer.step(
-            model,
-            accumulator.grads(),
-            lr,
-            (args.grad_clip > 0.0).then_some(args.grad_clip),
-        );
-        model = updated;
-        let images_per_sec = args.batch as f64 / started.elapsed().as_secs_f64();
-        let number = step + 1;
-        let is_eval = number % args.eval_every == 0 || number == args.steps;
-        let mut line = json!({
-            "step": number, "loss": loss_sum, "lr": lr, "grad_norm": grad_norm,
-            "images_per_sec": images_per_sec,
-        });
-        if is_eval {
-            let predictions = eval::predict_all(&model.valid(), test_set, micro_batch, device);
-            let accuracy = eval::accuracy(&predictions, &test_set.labels);
-            line["test_accuracy"] = json!(accuracy);
-            summary.push((number, loss_sum, accuracy));
-            eprintln!("step {number}: test accuracy {:.2}%", accuracy * 100.0);
-        }
-        if is_eval || number % args.log_every == 0 || number == 1 {
-            writeln!(metrics, "{line}")?;
-            metrics.flush()?;
-            eprintln!(
-                "step {number}/{}: loss {loss_sum:.4} lr {lr:.5} grad norm {grad_norm:.3} {images_per_sec:.1} img/s",
-                args.steps
-            );
-        }
-    }
-    write_summary(&args.workdir, &summary)?;
-    Ok(model)
+/// Where training starts: a fresh model, or a checkpoint's.
+struct Start {
+    model: VisionTransformer,
+    optimizer: Sgd,
+    /// Updates already done.
+    step: usize,
+    metrics: Metrics,
 }
 
-/// The table of the reference run: step | train loss | test accuracy.
-fn write_summary(workdir: &Path, rows: &[(usize, f64, f64)]) -> Result<()> {
-    let mut table = String::from("| step | train loss | test accuracy |\n|---:|---:|---:|\n");
-    for (step, loss, accuracy) in rows {
-        table.push_str(&format!(
-            "| {step} | {loss:.4} | {:.2}% |\n",
-            accuracy * 100.0
-        ));
+/// What every step of a run reads.
+struct Run<'a> {
+    args: &'a TrainArgs,
+    classes: &'a [String],
+    train_set: &'a Dataset,
+    test_set: &'a Dataset,
+    device: &'a Device,
+    interrupted: Arc<AtomicBool>,
+}
+
+/// What one update reports.
+struct StepReport {
+    loss: f64,
+    grad_norm: f64,
+    lr: f64,
+}
+
+impl Run<'_> {
+    /// Trains from `start` to the last step, or stops early with a checkpoint
+    /// (Ctrl-C, `--stop-after`) and says how.
+    fn train(&self, start: Start) -> Result<Result<VisionTransformer, Completion>> {
+        let args = self.args;
+        ensure!(
+            !self.train_set.images.is_empty(),
+            "the training set is empty"
+        );
+        let Start {
+            mut model,
+            mut optimizer,
+            step: first,
+            mut metrics,
+        } = start;
+        let plan = Plan {
+            batch: args.batch,
+            micro_batch: args.batch / args.accum_steps,
+            seed: args.seed,
+            size: model.config().image_size,
+        };
+        let bar = progress::training(args.steps, first);
+        let mut last_checkpoint = (first > 0).then_some(first);
+        let outcome = pipeline::with_batches(self.train_set, plan, first..args.steps, |batches| {
+            for step in first..args.steps {
+                let started = Instant::now();
+                let (updated, report) = self.update(model, &mut optimizer, step, batches)?;
+                model = updated;
+                let number = step + 1;
+                let StepReport {
+                    loss,
+                    grad_norm,
+                    lr,
+                } = report;
+                if !loss.is_finite() || !grad_norm.is_finite() {
+                    bar.abandon();
+                    bail!(
+                        "the loss became {loss} (gradient norm {grad_norm}) at step {number}; {}. \
+                         Lower --lr, or check the data",
+                        self.kept_checkpoint(last_checkpoint)
+                    );
+                }
+                let images_per_sec = args.batch as f64 / started.elapsed().as_secs_f64();
+                bar.set_message(format!(
+                    "loss {loss:.4} lr {lr:.2e} {images_per_sec:.1} img/s"
+                ));
+                bar.inc(1);
+                let mut line = json!({
+                    "step": number, "loss": loss, "lr": lr, "grad_norm": grad_norm,
+                    "images_per_sec": images_per_sec,
+                });
+                let is_eval = number % args.eval_every == 0 || number == args.steps;
+                if is_eval {
+                    bar.set_message(format!(
+                        "evaluating on {} test images",
+                        self.test_set.images.len()
+                    ));
+                    let accuracy = self.test_accuracy(&model, plan.micro_batch);
+                    line["test_accuracy"] = json!(accuracy);
+                    progress::log(
+                        &bar,
+                        &format!("step {number}: test accuracy {:.2}%", accuracy * 100.0),
+                    );
+                }
+                if is_eval || number % args.log_every == 0 || number == 1 {
+                    metrics.record(&line)?;
+                    progress::log(
+                        &bar,
+                        &format!(
+                            "step {number}/{}: loss {loss:.6} lr {lr:.6} grad norm {grad_norm:.4} {images_per_sec:.1} img/s",
+                            args.steps
+                        ),
+                    );
+                }
+                if is_eval {
+                    metrics.write_plot()?;
+                }
+                let stop_here = args.stop_after == Some(number);
+                let interrupted = self.interrupted.load(Ordering::SeqCst);
+                if interrupted
+                    || stop_here
+                    || number % args.checkpoint_every == 0
+                    || number == args.steps
+                {
+                    bar.set_message("writing a checkpoint");
+                    self.save(&model, &optimizer, number)?;
+                    last_checkpoint = Some(number);
+                }
+                if (interrupted || stop_here) && number < args.steps {
+                    bar.abandon();
+                    eprintln!(
+                        "{}: checkpoint at step {number} in {}; continue with: trainer --resume --workdir {}",
+                        if interrupted {
+                            "interrupted"
+                        } else {
+                            "stopped as asked"
+                        },
+                        checkpoint::dir(&args.workdir).display(),
+                        args.workdir.display()
+                    );
+                    return Ok(Err(if interrupted {
+                        Completion::Interrupted
+                    } else {
+                        Completion::Stopped
+                    }));
+                }
+            }
+            Ok(Ok(model))
+        })?;
+        let model = match outcome {
+            Ok(model) => model,
+            Err(stopped) => return Ok(Err(stopped)),
+        };
+        bar.finish();
+        metrics.write_plot()?;
+        println!("{}", metrics.write_summary()?);
+        Ok(Ok(model))
     }
-    println!("{table}");
-    fs::write(workdir.join("summary.md"), table).context("cannot write summary.md")
+
+    fn schedule(&self) -> Schedule {
+        Schedule {
+            base_lr: self.args.lr,
+            warmup_steps: self.args.warmup,
+            total_steps: self.args.steps,
+            decay: self.args.decay,
+        }
+    }
+
+    /// One update (`step` counted from 0) over its micro-batches.
+    fn update(
+        &self,
+        model: VisionTransformer,
+        optimizer: &mut Sgd,
+        step: usize,
+        batches: &Receiver<MicroBatch>,
+    ) -> Result<(VisionTransformer, StepReport)> {
+        let args = self.args;
+        let training_device = self.device.clone().autodiff();
+        let size = model.config().image_size;
+        let mut accumulator = GradientsAccumulator::<VisionTransformer>::new();
+        let mut loss = 0.0;
+        for _ in 0..args.accum_steps {
+            let batch = batches.recv().context("the input pipeline stopped")?;
+            debug_assert_eq!(batch.step, step);
+            let images = Tensor::<4>::from_data(
+                TensorData::new(batch.pixels, [batch.targets.len(), 3, size, size]),
+                &training_device,
+            );
+            let part =
+                cross_entropy(model.forward(images), &batch.targets) / args.accum_steps as f64;
+            loss += f64::from(part.clone().into_scalar::<f32>());
+            let grads = GradientsParams::from_grads(part.backward(), &model);
+            accumulator.accumulate(&model, grads);
+        }
+        let lr = self.schedule().lr_at(step);
+        let clip = (args.grad_clip > 0.0).then_some(args.grad_clip);
+        let (model, grad_norm) = optimizer.step(model, accumulator.grads(), lr, clip);
+        Ok((
+            model,
+            StepReport {
+                loss,
+                grad_norm,
+                lr,
+            },
+        ))
+    }
+
+    fn test_accuracy(&self, model: &VisionTransformer, batch: usize) -> f64 {
+        let hidden = ProgressBar::hidden();
+        let predictions =
+            eval::predict_all(&model.valid(), self.test_set, batch, self.device, &hidden);
+        eval::accuracy(&predictions, &self.test_set.labels)
+    }
+
+    fn kept_checkpoint(&self, last: Option<usize>) -> String {
+        match last {
+            Some(step) => format!(
+                "the last good checkpoint (step {step}) is kept in {}",
+                checkpoint::dir(&self.args.workdir).display()
+            ),
+            None => "no checkpoint had been written yet".to_string(),
+        }
+    }
+
+    fn save(&self, model: &VisionTransformer, optimizer: &Sgd, completed: usize) -> Result<()> {
+        let state = checkpoint::State {
+            step: completed,
+            args: self.args.clone(),
+            classes: self.classes.to_vec(),
+            data_order: checkpoint::DataOrder {
+                seed: self.args.seed,
+                next_example: completed * self.args.batch,
+            },
+        };
+        checkpoint::save(&self.args.workdir, model, optimizer, &state)
+            .context("cannot write the checkpoint")
+    }
 }
 
 #[cfg(test)]
@@ -342,18 +582,5 @@ mod tests {
             .try_into_vec_as::<f32>()
             .unwrap();
         assert!(a.iter().zip(&b).all(|(x, y)| (x - y).abs() < 1e-6));
-    }
-
-    #[test]
-    fn data_order_is_a_permutation_per_epoch_and_depends_only_on_position() {
-        let mut cache = None;
-        let first_epoch: Vec<usize> = (0..10).map(|k| example_at(k, 10, 1, &mut cache)).collect();
-        let mut sorted = first_epoch.clone();
-        sorted.sort();
-        assert_eq!(sorted, (0..10).collect::<Vec<_>>());
-        let second_epoch: Vec<usize> = (10..20).map(|k| example_at(k, 10, 1, &mut cache)).collect();
-        assert_ne!(first_epoch, second_epoch);
-        let mut fresh = None;
-        assert_eq!(example_at(13, 10, 1, &mut fresh), second_epoch[3]);
     }
 }

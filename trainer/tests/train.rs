@@ -102,6 +102,7 @@ fn fine_tunes_a_pretrained_model_on_real_images_and_exports_it() {
     assert!(lines[3]["test_accuracy"].is_number() && lines[7]["test_accuracy"].is_number());
     assert!(lines[2].get("test_accuracy").is_none());
     assert!(workdir.join("summary.md").exists());
+    assert!(workdir.join("curves.svg").exists());
 
     let export = workdir.join("export");
     let image = data.join("test/cat/0000.jpg");
@@ -122,4 +123,287 @@ fn fine_tunes_a_pretrained_model_on_real_images_and_exports_it() {
     let label = prediction["top"][0]["label"].as_str().unwrap();
     assert!(CLASSES.contains(&label), "{label}");
     assert_eq!(prediction["logits"].as_array().unwrap().len(), 3);
+}
+
+/// The tiny recipe of these tests, with `data` and `workdir`.
+fn tiny_run(data: &Path, workdir: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_trainer"));
+    command
+        .args(["--batch", "6", "--accum-steps", "2"])
+        .args(["--resolution", "32", "--seed", "7", "--log-every", "1"])
+        .arg("--pretrained")
+        .arg(repo().join("tests/fixtures/google_token.npz"))
+        .arg("--dataset")
+        .arg(data)
+        .arg("--workdir")
+        .arg(workdir);
+    command
+}
+
+fn run(command: &mut Command) -> (std::process::ExitStatus, String) {
+    let out = command.output().unwrap();
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// What must not change when a run is resumed (`images_per_sec` may).
+fn recipe_metrics(workdir: &Path) -> Vec<[serde_json::Value; 5]> {
+    metrics(workdir)
+        .into_iter()
+        .map(|line| {
+            ["step", "loss", "lr", "grad_norm", "test_accuracy"].map(|key| line[key].clone())
+        })
+        .collect()
+}
+
+fn tiny_data() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    tiny_cifar(&data);
+    (dir, data)
+}
+
+#[test]
+fn a_stopped_and_resumed_run_gives_the_metrics_of_an_uninterrupted_one() {
+    let (dir, data) = tiny_data();
+    let whole = dir.path().join("whole");
+    let (status, stderr) = run(tiny_run(&data, &whole).args([
+        "--steps",
+        "8",
+        "--lr",
+        "0.03",
+        "--warmup",
+        "1",
+        "--eval-every",
+        "4",
+    ]));
+    assert!(status.success(), "{stderr}");
+
+    let parts = dir.path().join("parts");
+    let (status, stderr) = run(tiny_run(&data, &parts).args([
+        "--steps",
+        "8",
+        "--lr",
+        "0.03",
+        "--warmup",
+        "1",
+        "--eval-every",
+        "4",
+        "--stop-after",
+        "3",
+    ]));
+    assert!(status.success(), "{stderr}");
+    assert!(stderr.contains("checkpoint at step 3"), "{stderr}");
+    assert_eq!(metrics(&parts).len(), 3);
+    assert!(!parts.join("export").exists());
+
+    // Starting over in the same folder, or resuming with another recipe, is refused.
+    let (status, stderr) = run(tiny_run(&data, &parts).args([
+        "--steps",
+        "8",
+        "--lr",
+        "0.03",
+        "--warmup",
+        "1",
+        "--eval-every",
+        "4",
+    ]));
+    assert!(!status.success() && stderr.contains("--resume"), "{stderr}");
+    let (status, stderr) =
+        run(tiny_run(&data, &parts)
+            .args(["--steps", "9", "--lr", "0.03", "--warmup", "1", "--resume"]));
+    assert!(
+        !status.success() && stderr.contains("--steps 9"),
+        "{stderr}"
+    );
+
+    // Resuming needs only the folder; runtime options such as --threads may change.
+    let (status, stderr) = run(Command::new(env!("CARGO_BIN_EXE_trainer"))
+        .arg("--resume")
+        .arg("--workdir")
+        .arg(&parts)
+        .args(["--threads", "1"]));
+    assert!(status.success(), "{stderr}");
+    assert!(
+        stderr.contains("resuming from the checkpoint at step 3"),
+        "{stderr}"
+    );
+    // Bit-for-bit: the data order, augmentations, weights and momentum all continue.
+    assert_eq!(recipe_metrics(&parts), recipe_metrics(&whole));
+    for file in ["summary.md", "curves.svg", "export/model.safetensors"] {
+        assert!(parts.join(file).exists(), "{file}");
+    }
+    assert_eq!(
+        std::fs::read(parts.join("export/model.safetensors")).unwrap(),
+        std::fs::read(whole.join("export/model.safetensors")).unwrap()
+    );
+}
+
+#[cfg(unix)]
+#[test]
+fn ctrl_c_writes_a_checkpoint_that_can_be_used_and_resumed() {
+    let (dir, data) = tiny_data();
+    let workdir = dir.path().join("run");
+    let mut child = tiny_run(&data, &workdir)
+        .args(["--steps", "1000000", "--eval-every", "1000000"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until training is under way, then press Ctrl-C.
+    let started = std::time::Instant::now();
+    while std::fs::read_to_string(workdir.join("metrics.jsonl"))
+        .map_or(true, |m| m.lines().count() < 3)
+    {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("the trainer ended before Ctrl-C: {status}");
+        }
+        assert!(started.elapsed().as_secs() < 120, "training did not start");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let signal = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(signal.success());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(
+        stderr.contains("interrupted: checkpoint at step"),
+        "{stderr}"
+    );
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(workdir.join("checkpoint/state.json")).unwrap())
+            .unwrap();
+    let step = state["step"].as_u64().unwrap();
+    assert!((3..1_000_000).contains(&step), "checkpoint at step {step}");
+
+    // The checkpoint is a model that `predict` reads as it is.
+    let out = Command::new(env!("CARGO_BIN_EXE_trainer"))
+        .args(["predict", "--json", "--checkpoint"])
+        .arg(workdir.join("checkpoint"))
+        .arg(data.join("test/ship/0000.jpg"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // And the run continues from it.
+    let stop = (step + 2).to_string();
+    let (status, stderr) = run(Command::new(env!("CARGO_BIN_EXE_trainer"))
+        .arg("--resume")
+        .arg("--workdir")
+        .arg(&workdir)
+        .args(["--stop-after", &stop]));
+    assert!(status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("checkpoint at step {stop}")),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_diverging_run_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint() {
+    let (dir, data) = tiny_data();
+    let workdir = dir.path().join("run");
+    let (status, stderr) = run(tiny_run(&data, &workdir)
+        .args([
+            "--steps",
+            "10",
+            "--checkpoint-every",
+            "1",
+            "--eval-every",
+            "4",
+        ])
+        .args(["--grad-clip", "0", "--lr", "1e30", "--warmup", "0"]));
+    assert!(!status.success());
+    assert!(stderr.contains("the loss became"), "{stderr}");
+    assert!(stderr.contains("last good checkpoint (step"), "{stderr}");
+    // The kept checkpoint holds finite weights: its predictions are numbers.
+    let out = Command::new(env!("CARGO_BIN_EXE_trainer"))
+        .args(["predict", "--json", "--checkpoint"])
+        .arg(workdir.join("checkpoint"))
+        .arg(data.join("test/cat/0001.jpg"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let prediction: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let logits = prediction["logits"].as_array().unwrap();
+    assert!(
+        logits
+            .iter()
+            .all(|logit| logit.as_f64().is_some_and(f64::is_finite)),
+        "{logits:?}"
+    );
+}
+
+#[test]
+fn eval_agrees_with_predict_and_writes_the_confusion_matrix() {
+    let (dir, data) = tiny_data();
+    let workdir = dir.path().join("run");
+    let (status, stderr) =
+        run(tiny_run(&data, &workdir).args(["--steps", "4", "--eval-every", "4"]));
+    assert!(status.success(), "{stderr}");
+    let export = workdir.join("export");
+    let out = Command::new(env!("CARGO_BIN_EXE_trainer"))
+        .args(["eval", "--checkpoint"])
+        .arg(&export)
+        .arg("--dataset")
+        .arg(&data)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("of 12 test images") && stdout.contains("confusion matrix"),
+        "{stdout}"
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(export.join("eval.json")).unwrap()).unwrap();
+    let svg = std::fs::read_to_string(export.join("confusion.svg")).unwrap();
+    assert!(svg.contains("<svg") && svg.contains("airplane"));
+
+    // The same images through `predict`, one by one.
+    let mut images = Vec::new();
+    for class in CLASSES {
+        for index in 0..4 {
+            images.push((class, data.join(format!("test/{class}/000{index}.jpg"))));
+        }
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_trainer"))
+        .args(["predict", "--json", "--checkpoint"])
+        .arg(&export)
+        .args(images.iter().map(|(_, path)| path))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let correct = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .zip(&images)
+        .filter(|(line, (class, _))| {
+            let prediction: serde_json::Value = serde_json::from_str(line).unwrap();
+            prediction["top"][0]["label"] == *class
+        })
+        .count();
+    let accuracy = report["accuracy"].as_f64().unwrap();
+    assert!(
+        (accuracy - correct as f64 / 12.0).abs() < 1e-12,
+        "eval {accuracy}, predict {correct}/12"
+    );
+    let confusion: Vec<Vec<u64>> = serde_json::from_value(report["confusion"].clone()).unwrap();
+    assert_eq!(confusion.iter().flatten().sum::<u64>(), 12);
 }

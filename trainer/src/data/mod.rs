@@ -183,6 +183,55 @@ pub(crate) fn member_components(path: &Path) -> Option<Vec<String>> {
     Some(out)
 }
 
+/// A `--dataset` value with the options that say how to read it.
+#[derive(Debug, Clone)]
+pub struct Source {
+    /// `cifar10`, `cifar100`, or the path of an image folder or archive.
+    pub dataset: String,
+    pub cache_dir: PathBuf,
+    pub strict: bool,
+    pub val_split: Option<f64>,
+}
+
+impl Source {
+    /// The official CIFAR release this names, if any.
+    pub fn cifar(&self) -> Option<(cifar::CifarKind, &'static download::RemoteArchive)> {
+        match self.dataset.to_ascii_lowercase().as_str() {
+            "cifar10" => Some((cifar::CifarKind::Cifar10, &*download::CIFAR10)),
+            "cifar100" => Some((cifar::CifarKind::Cifar100, &*download::CIFAR100)),
+            _ => None,
+        }
+    }
+
+    /// Loads both splits: CIFAR downloaded once into the cache, or an image
+    /// folder (skipped files are reported, unless `strict` makes them errors).
+    pub fn load(&self) -> anyhow::Result<Splits> {
+        if let Some((kind, remote)) = self.cifar() {
+            let dest = self.cache_dir.join(remote.file_name);
+            eprintln!("data set: {}", remote.url);
+            download::fetch(
+                remote.url,
+                &dest,
+                &remote.expected,
+                &mut crate::progress::download(),
+            )?;
+            return Ok(cifar::load_cifar(&dest, kind)?);
+        }
+        let options = folder::FolderOptions {
+            strict: self.strict,
+            val_split: self.val_split,
+        };
+        let (splits, report) = folder::load_image_folder(Path::new(&self.dataset), &options)?;
+        if let Some((path, reason)) = report.skipped.first() {
+            eprintln!(
+                "warning: skipped {} unreadable image(s), e.g. {path}: {reason} (use --strict to fail instead)",
+                report.skipped.len()
+            );
+        }
+        Ok(splits)
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod test_util {
     use std::io::Write;

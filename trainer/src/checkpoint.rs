@@ -1,0 +1,255 @@
+//! Training checkpoints: everything `--resume` needs to continue a run as if it
+//! had never stopped.
+//!
+//! `WORKDIR/checkpoint/` holds the model in the export format (so `predict` and
+//! `eval` read it as it is), the momentum buffers in the same layout, and
+//! `state.json` (completed steps and the run's options). The data order and
+//! every augmentation are pure functions of (seed, step), so the seed and the
+//! step are the whole data-pipeline and RNG state.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use burn::module::Module;
+use burn::tensor::Device;
+use serde::{Deserialize, Serialize};
+use vit::{Checkpoint, SaveOptions, VisionTransformer};
+
+use crate::cli::TrainArgs;
+use crate::optimizer::Sgd;
+
+const DIR: &str = "checkpoint";
+const MOMENTUM_FILE: &str = "momentum.safetensors";
+const STATE_FILE: &str = "state.json";
+
+/// What is saved besides the weights.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct State {
+    /// Updates completed; training continues with update `step` (counted from 0).
+    pub step: usize,
+    /// The options of the run, so that a resumed run uses the same recipe.
+    pub args: TrainArgs,
+    pub classes: Vec<String>,
+    /// The data order: position `next_example` of the stream shuffled by `seed`.
+    pub data_order: DataOrder,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DataOrder {
+    pub seed: u64,
+    pub next_example: usize,
+}
+
+/// The checkpoint folder of a work folder.
+pub fn dir(workdir: &Path) -> PathBuf {
+    workdir.join(DIR)
+}
+
+/// Writes the checkpoint so that it appears complete or not at all: into a
+/// fresh folder, which then replaces the previous checkpoint by renames.
+pub fn save(
+    workdir: &Path,
+    model: &VisionTransformer,
+    optimizer: &Sgd,
+    state: &State,
+) -> Result<()> {
+    let target = dir(workdir);
+    let staging = workdir.join(format!("{DIR}.partial"));
+    let previous = workdir.join(format!("{DIR}.previous"));
+    for stale in [&staging, &previous] {
+        if stale.exists() {
+            fs::remove_dir_all(stale)
+                .with_context(|| format!("cannot remove the stale {}", stale.display()))?;
+        }
+    }
+    let weights = model.valid();
+    let exact = SaveOptions { float16: false };
+    Checkpoint::from_model(&weights, Some(state.classes.clone()))
+        .save(&staging, exact)
+        .context("cannot write the checkpoint's model")?;
+    let (_, momentum) = Checkpoint::from_model(&optimizer.buffers_as_module(weights), None)
+        .to_hf_bytes(exact)
+        .context("cannot serialise the momentum buffers")?;
+    fs::write(staging.join(MOMENTUM_FILE), momentum)
+        .with_context(|| format!("cannot write {}", staging.join(MOMENTUM_FILE).display()))?;
+    fs::write(staging.join(STATE_FILE), serde_json::to_vec_pretty(state)?)
+        .with_context(|| format!("cannot write {}", staging.join(STATE_FILE).display()))?;
+    if target.exists() {
+        fs::rename(&target, &previous).context("cannot move the previous checkpoint aside")?;
+    }
+    fs::rename(&staging, &target)
+        .with_context(|| format!("cannot move the new checkpoint to {}", target.display()))?;
+    if previous.exists() {
+        fs::remove_dir_all(&previous).context("cannot remove the previous checkpoint")?;
+    }
+    Ok(())
+}
+
+/// The state of the checkpoint in `workdir`, if there is one. A crash between
+/// the two renames of [`save`] leaves only `checkpoint.previous`, which is used.
+pub fn find(workdir: &Path) -> Result<Option<(PathBuf, State)>> {
+    for candidate in [dir(workdir), workdir.join(format!("{DIR}.previous"))] {
+        let path = candidate.join(STATE_FILE);
+        if path.exists() {
+            let text =
+                fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+            let state = serde_json::from_slice(&text)
+                .with_context(|| format!("{} is not a checkpoint state", path.display()))?;
+            return Ok(Some((candidate, state)));
+        }
+    }
+    Ok(None)
+}
+
+/// The model (on `device`, with gradients) and the optimiser of a checkpoint.
+pub fn load(dir: &Path, momentum: f64, device: &Device) -> Result<(VisionTransformer, Sgd)> {
+    let config = fs::read(dir.join("config.json"))
+        .with_context(|| format!("cannot read {}", dir.join("config.json").display()))?;
+    let read = |name: &str| {
+        fs::read(dir.join(name))
+            .with_context(|| format!("cannot read {}", dir.join(name).display()))
+    };
+    let weights = read("model.safetensors")?;
+    let buffers = read(MOMENTUM_FILE)?;
+    let model = vit::checkpoint::from_hf_bytes(&config, &weights)
+        .and_then(|checkpoint| checkpoint.build(&device.clone().autodiff()))
+        .with_context(|| format!("the checkpoint model in {} is unreadable", dir.display()))?;
+    let buffers = vit::checkpoint::from_hf_bytes(&config, &buffers)
+        .and_then(|checkpoint| checkpoint.build(device))
+        .with_context(|| format!("the momentum buffers in {} are unreadable", dir.display()))?;
+    if buffers.config() != model.config() {
+        bail!(
+            "the momentum buffers in {} do not fit the model",
+            dir.display()
+        );
+    }
+    let mut optimizer = Sgd::new(momentum);
+    optimizer.restore_buffers(&model, &buffers);
+    Ok((model, optimizer))
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::module::{ModuleVisitor, Param};
+    use burn::tensor::{Distribution, Tensor};
+    use clap::Parser;
+    use vit::ViTConfig;
+
+    use super::*;
+
+    fn tiny() -> ViTConfig {
+        ViTConfig {
+            image_size: 8,
+            patch_size: 4,
+            hidden_size: 8,
+            mlp_dim: 16,
+            num_heads: 2,
+            num_layers: 1,
+            num_classes: 3,
+            ..ViTConfig::preset("Ti/16").expect("preset")
+        }
+    }
+
+    struct Values(Vec<f32>);
+
+    impl ModuleVisitor for Values {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            self.0
+                .extend(param.val().try_into_vec_as::<f32>().expect("f32"));
+        }
+    }
+
+    fn values<M: Module>(module: &M) -> Vec<f32> {
+        let mut values = Values(Vec::new());
+        module.visit(&mut values);
+        values.0
+    }
+
+    #[test]
+    fn round_trip_keeps_weights_momentum_and_state_exactly() {
+        let device = Device::flex();
+        let workdir = tempfile::tempdir().expect("tempdir");
+        let model = VisionTransformer::new(&tiny(), &device.clone().autodiff()).expect("model");
+        // Momentum buffers with arbitrary values, shaped like the model.
+        let mut optimizer = Sgd::new(0.9);
+        let noise = model.valid().map(&mut crate::checkpoint::tests::Randomize);
+        optimizer.restore_buffers(&model, &noise);
+        let cli = crate::cli::Cli::parse_from(["trainer", "--steps", "7", "--seed", "3"]);
+        let state = State {
+            step: 5,
+            args: cli.train,
+            classes: vec!["a".into(), "b".into(), "c".into()],
+            data_order: DataOrder {
+                seed: 3,
+                next_example: 5 * 512,
+            },
+        };
+        save(workdir.path(), &model, &optimizer, &state).expect("first save");
+        // A second save replaces the first and leaves no staging folders behind.
+        save(workdir.path(), &model, &optimizer, &state).expect("second save");
+        let names: Vec<_> = fs::read_dir(workdir.path())
+            .expect("list")
+            .map(|entry| entry.expect("entry").file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from(DIR)]);
+
+        let (found_dir, found) = find(workdir.path()).expect("find").expect("a checkpoint");
+        assert_eq!(found.step, 5);
+        assert_eq!(found.args.steps, 7);
+        let (loaded, restored) = load(&found_dir, 0.9, &device).expect("load");
+        assert_eq!(values(&loaded), values(&model));
+        assert_eq!(
+            values(&restored.buffers_as_module(loaded.valid())),
+            values(&noise)
+        );
+        // `predict` and `eval` read the checkpoint folder as an ordinary model.
+        let as_export = vit::checkpoint::load(&found_dir, &Default::default()).expect("export");
+        assert_eq!(as_export.label_names(), state.classes);
+    }
+
+    #[test]
+    fn a_crash_between_renames_falls_back_to_the_previous_checkpoint() {
+        let device = Device::flex();
+        let workdir = tempfile::tempdir().expect("tempdir");
+        let model = VisionTransformer::new(&tiny(), &device.clone().autodiff()).expect("model");
+        let cli = crate::cli::Cli::parse_from(["trainer"]);
+        let state = State {
+            step: 2,
+            args: cli.train,
+            classes: vec!["a".into(), "b".into(), "c".into()],
+            data_order: DataOrder {
+                seed: 0,
+                next_example: 1024,
+            },
+        };
+        save(workdir.path(), &model, &Sgd::new(0.9), &state).expect("save");
+        fs::rename(
+            dir(workdir.path()),
+            workdir.path().join("checkpoint.previous"),
+        )
+        .expect("mv");
+        let (found_dir, found) = find(workdir.path()).expect("find").expect("found");
+        assert_eq!(found.step, 2);
+        assert!(load(&found_dir, 0.9, &device).is_ok());
+        assert!(
+            find(tempfile::tempdir().expect("empty").path())
+                .expect("find")
+                .is_none()
+        );
+    }
+
+    pub(super) struct Randomize;
+
+    impl burn::module::ModuleMapper for Randomize {
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+            param.map(|tensor| {
+                Tensor::random(
+                    tensor.shape(),
+                    Distribution::Normal(0.0, 1.0),
+                    &tensor.device(),
+                )
+            })
+        }
+    }
+}

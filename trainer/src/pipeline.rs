@@ -1,0 +1,203 @@
+//! The training input pipeline: a worker thread picks and augments the next
+//! micro-batches while the device computes the current one. Every batch is a
+//! pure function of (seed, step, position), so thread timing cannot change it.
+
+use std::ops::Range;
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+
+use rand::RngExt;
+
+use crate::augment;
+use crate::data::Dataset;
+
+/// One micro-batch, ready for the device: `[len, 3, size, size]` pixels.
+pub struct MicroBatch {
+    pub step: usize,
+    pub pixels: Vec<f32>,
+    pub targets: Vec<usize>,
+}
+
+/// How updates are cut out of the shuffled stream of training examples.
+#[derive(Debug, Clone, Copy)]
+pub struct Plan {
+    /// Examples per update.
+    pub batch: usize,
+    /// Examples per forward pass; divides `batch`.
+    pub micro_batch: usize,
+    pub seed: u64,
+    /// Image side in pixels.
+    pub size: usize,
+}
+
+/// How many micro-batches the worker prepares ahead of the one in use.
+const AHEAD: usize = 2;
+
+/// Runs `consume` with a receiver of the micro-batches of `steps`, in order,
+/// prepared on a worker thread. When `consume` returns early the worker stops.
+pub fn with_batches<R>(
+    data: &Dataset,
+    plan: Plan,
+    steps: Range<usize>,
+    consume: impl FnOnce(&Receiver<MicroBatch>) -> R,
+) -> R {
+    std::thread::scope(|scope| {
+        let (sender, receiver) = sync_channel(AHEAD);
+        scope.spawn(move || produce(data, plan, steps, &sender));
+        let result = consume(&receiver);
+        // Unblocks a worker waiting to send, so that the scope can end.
+        drop(receiver);
+        result
+    })
+}
+
+fn produce(data: &Dataset, plan: Plan, steps: Range<usize>, sender: &SyncSender<MicroBatch>) {
+    let count = data.images.len();
+    let mut order = None;
+    for step in steps {
+        let indices: Vec<usize> = (0..plan.batch)
+            .map(|j| example_at(step * plan.batch + j, count, plan.seed, &mut order))
+            .collect();
+        for (part, micro) in indices.chunks(plan.micro_batch).enumerate() {
+            let pixels = augment::train_batch(
+                &data.images,
+                micro,
+                plan.size,
+                plan.seed,
+                step as u64,
+                part * plan.micro_batch,
+            );
+            let targets = micro.iter().map(|&i| data.labels[i]).collect();
+            let batch = MicroBatch {
+                step,
+                pixels,
+                targets,
+            };
+            if sender.send(batch).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// Which training example comes at position `k` of the stream: each epoch is a
+/// fresh permutation seeded by (seed, epoch), so the order depends only on the step.
+pub fn example_at(
+    k: usize,
+    count: usize,
+    seed: u64,
+    cache: &mut Option<(usize, Vec<usize>)>,
+) -> usize {
+    let epoch = k / count;
+    if cache.as_ref().is_none_or(|(cached, _)| *cached != epoch) {
+        *cache = Some((epoch, permutation(count, seed, epoch as u64)));
+    }
+    let (_, order) = cache.as_ref().expect("permutation was just computed");
+    order[k % count]
+}
+
+/// A seeded Fisher–Yates shuffle of `0..count` for one epoch.
+fn permutation(count: usize, seed: u64, epoch: u64) -> Vec<usize> {
+    // Step u64::MAX is never a training step, so this stream is apart from the augmentations'.
+    let mut rng = augment::example_rng(seed, u64::MAX, epoch);
+    let mut order: Vec<usize> = (0..count).collect();
+    for i in (1..count).rev() {
+        order.swap(i, rng.random_range(0..=i));
+    }
+    order
+}
+
+#[cfg(test)]
+mod tests {
+    use vit::preprocess::RgbImage;
+
+    use super::*;
+
+    #[test]
+    fn data_order_is_a_permutation_per_epoch_and_depends_only_on_position() {
+        let mut cache = None;
+        let first_epoch: Vec<usize> = (0..10).map(|k| example_at(k, 10, 1, &mut cache)).collect();
+        let mut sorted = first_epoch.clone();
+        sorted.sort();
+        assert_eq!(sorted, (0..10).collect::<Vec<_>>());
+        let second_epoch: Vec<usize> = (10..20).map(|k| example_at(k, 10, 1, &mut cache)).collect();
+        assert_ne!(first_epoch, second_epoch);
+        let mut fresh = None;
+        assert_eq!(example_at(13, 10, 1, &mut fresh), second_epoch[3]);
+    }
+
+    fn tiny_data() -> Dataset {
+        let images = (0..7)
+            .map(|i| RgbImage {
+                width: 6,
+                height: 5,
+                pixels: (0..90).map(|p| (p * 7 + i * 31) as u8).collect(),
+            })
+            .collect();
+        Dataset {
+            images,
+            labels: vec![0, 1, 0, 1, 0, 1, 1],
+            classes: vec!["a".into(), "b".into()],
+        }
+    }
+
+    fn collect(
+        data: &Dataset,
+        plan: Plan,
+        steps: Range<usize>,
+    ) -> Vec<(usize, Vec<f32>, Vec<usize>)> {
+        with_batches(data, plan, steps, |batches| {
+            batches
+                .iter()
+                .map(|batch| (batch.step, batch.pixels, batch.targets))
+                .collect()
+        })
+    }
+
+    #[test]
+    fn batches_do_not_depend_on_where_a_run_starts_or_how_it_is_cut() {
+        let data = tiny_data();
+        let plan = Plan {
+            batch: 4,
+            micro_batch: 2,
+            seed: 9,
+            size: 4,
+        };
+        let whole = collect(&data, plan, 0..5);
+        assert_eq!(whole.len(), 10);
+        assert_eq!(whole[4].0, 2);
+        // A resumed run (starting at step 3) sees exactly the same batches.
+        assert_eq!(collect(&data, plan, 3..5), whole[6..]);
+        // One micro-batch per update gives the same examples, concatenated.
+        let unsplit = collect(
+            &data,
+            Plan {
+                micro_batch: 4,
+                ..plan
+            },
+            0..5,
+        );
+        for (step, (_, pixels, targets)) in unsplit.iter().enumerate() {
+            let halves = &whole[2 * step..2 * step + 2];
+            assert_eq!(*pixels, [halves[0].1.clone(), halves[1].1.clone()].concat());
+            assert_eq!(
+                *targets,
+                [halves[0].2.clone(), halves[1].2.clone()].concat()
+            );
+        }
+    }
+
+    #[test]
+    fn stopping_early_ends_the_worker() {
+        let data = tiny_data();
+        let plan = Plan {
+            batch: 2,
+            micro_batch: 1,
+            seed: 0,
+            size: 4,
+        };
+        let first = with_batches(&data, plan, 0..1_000_000, |batches| {
+            batches.recv().expect("one batch").targets
+        });
+        assert_eq!(first.len(), 1);
+    }
+}
