@@ -1,0 +1,316 @@
+//! burn-tch (libtorch, on the CPU) against burn-flex (`cpu`): the same committed
+//! fixture checkpoints and images must give the same logits, attention maps and
+//! training gradients on both.
+//!
+//! Tolerance: max abs difference below 1e-4 × max(1, largest |value|) in f32, on
+//! logits, attention probabilities, losses and every parameter gradient. The two
+//! backends sum in different orders, so their rounding differs by a relative amount:
+//! measured here (torch 2.9.0, x86-64), logits of size up to 15 differ by up to
+//! 1.5e-4 (google_token_f16, timm_vit; the others by under 3e-5), and the class
+//! token's gradient, of size up to 1066, by up to 2.1e-3.
+//!
+//! Built only with the `tch` feature; it needs PyPI's torch 2.9.0
+//! (`eval "$(.ci/setup-tch)"` before `cargo test -p vit-tests --features tch`).
+#![cfg(feature = "tch")]
+
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::optim::GradientsParams;
+use burn::tensor::activation::log_softmax;
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use vit::checkpoint::{self, Array, LoadOptions};
+use vit::{Checkpoint, VisionTransformer};
+use vit_tests::{fixture, max_abs_diff, read_tensors};
+
+const TOLERANCE: f32 = 1e-4;
+
+/// The allowed max abs difference for values like `values`: [`TOLERANCE`], relative
+/// to their largest magnitude when that is above 1.
+fn tolerance(values: &[f32]) -> f32 {
+    TOLERANCE * values.iter().fold(1.0f32, |m, x| m.max(x.abs()))
+}
+
+/// A committed model fixture: the checkpoint, how to load it, and the file with
+/// its input images (`<case>.io.safetensors`) and the name of its reference output.
+struct Case {
+    checkpoint: &'static str,
+    num_heads: Option<usize>,
+    io: &'static str,
+    output: &'static str,
+}
+
+/// Every model fixture of `tests/tests/parity.rs`.
+const CASES: &[Case] = &[
+    Case::new("google_token.npz", "google_token", "logits"),
+    Case::new(
+        "google_token_prelogits.npz",
+        "google_token_prelogits",
+        "logits",
+    ),
+    Case::new("google_gap.npz", "google_gap", "logits"),
+    Case::new("google_token_linen.npz", "google_token_linen", "logits"),
+    Case::new("google_token_f16.npz", "google_token_f16", "logits"),
+    Case::new("hf_vit_cls", "hf_vit_cls", "logits"),
+    Case::new("hf_vit_pooler", "hf_vit_pooler", "pooler_output"),
+    Case {
+        num_heads: Some(3),
+        ..Case::new("timm_vit.safetensors", "timm_vit", "logits")
+    },
+];
+
+impl Case {
+    const fn new(checkpoint: &'static str, io: &'static str, output: &'static str) -> Self {
+        Case {
+            checkpoint,
+            num_heads: None,
+            io,
+            output,
+        }
+    }
+
+    fn load(&self) -> Checkpoint {
+        let options = LoadOptions {
+            num_heads: self.num_heads,
+        };
+        checkpoint::load(&fixture(self.checkpoint), &options)
+            .unwrap_or_else(|error| panic!("{}: {error}", self.checkpoint))
+    }
+
+    fn input(&self) -> Array {
+        read_tensors(&format!("{}.io.safetensors", self.io))
+            .remove("input")
+            .unwrap_or_else(|| panic!("{}.io.safetensors has no input", self.io))
+    }
+}
+
+#[allow(deprecated)] // burn-tch is the GPU path the project builds today (see trainer/src/device.rs)
+fn libtorch() -> Device {
+    Device::libtorch()
+}
+
+fn images(input: &Array, device: &Device) -> Tensor<4> {
+    Tensor::<4>::from_data(
+        TensorData::new(input.data.clone(), input.shape.clone()),
+        device,
+    )
+}
+
+fn build(case: &Case, checkpoint: &Checkpoint, device: &Device) -> VisionTransformer {
+    checkpoint
+        .build(device)
+        .unwrap_or_else(|error| panic!("{}: model does not build: {error}", case.checkpoint))
+}
+
+fn logits(case: &Case, checkpoint: &Checkpoint, input: &Array, device: &Device) -> Vec<f32> {
+    build(case, checkpoint, device)
+        .forward(images(input, device))
+        .try_into_vec_as::<f32>()
+        .unwrap()
+}
+
+/// Checks every case, then fails once with one line per case that differs.
+fn check_all(what: &str, mut check: impl FnMut(&Case) -> Vec<String>) {
+    let failures: Vec<String> = CASES.iter().flat_map(&mut check).collect();
+    assert!(
+        failures.is_empty(),
+        "{what}: tch differs from flex by more than {TOLERANCE} (relative above 1):\n{}",
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn every_fixture_gives_the_same_logits_on_flex_and_tch() {
+    check_all("logits", |case| {
+        let checkpoint = case.load();
+        let input = case.input();
+        let flex = logits(case, &checkpoint, &input, &Device::flex());
+        let tch = logits(case, &checkpoint, &input, &libtorch());
+        let diff = max_abs_diff(&flex, &tch);
+        let allowed = tolerance(&flex);
+        println!(
+            "{}: logits max abs diff flex/tch {diff:e} (allowed {allowed:e})",
+            case.checkpoint
+        );
+        // Also against the reference's output, as tests/tests/parity.rs does for flex.
+        let reference = &read_tensors(&format!("{}.io.safetensors", case.io))[case.output];
+        let reference_diff = max_abs_diff(&tch, &reference.data);
+        let mut failures = vec![];
+        if diff >= allowed {
+            failures.push(format!(
+                "{}: logits max abs diff {diff:e} between flex and tch (allowed {allowed:e})",
+                case.checkpoint
+            ));
+        }
+        if reference_diff >= allowed {
+            failures.push(format!(
+                "{}: logits on tch max abs diff {reference_diff:e} to the reference `{}` (allowed {allowed:e})",
+                case.checkpoint, case.output
+            ));
+        }
+        failures
+    });
+}
+
+#[test]
+fn attention_maps_agree_on_flex_and_tch() {
+    check_all("attention entry point", |case| {
+        let checkpoint = case.load();
+        let input = case.input();
+        let run = |device: &Device| {
+            let output =
+                build(case, &checkpoint, device).forward_with_attention(images(&input, device));
+            let logits = output.logits.try_into_vec_as::<f32>().unwrap();
+            let attentions: Vec<Vec<f32>> = output
+                .attentions
+                .into_iter()
+                .map(|a| a.try_into_vec_as::<f32>().unwrap())
+                .collect();
+            (logits, attentions)
+        };
+        let (flex_logits, flex_attentions) = run(&Device::flex());
+        let (tch_logits, tch_attentions) = run(&libtorch());
+        let mut failures = vec![];
+        let diff = max_abs_diff(&flex_logits, &tch_logits);
+        let allowed = tolerance(&flex_logits);
+        if diff >= allowed {
+            failures.push(format!(
+                "{}: logits (with attention) max abs diff {diff:e} (allowed {allowed:e})",
+                case.checkpoint
+            ));
+        }
+        assert_eq!(flex_attentions.len(), tch_attentions.len());
+        for (layer, (flex, tch)) in flex_attentions.iter().zip(&tch_attentions).enumerate() {
+            let diff = max_abs_diff(flex, tch);
+            if diff >= tolerance(flex) {
+                failures.push(format!(
+                    "{}: attention of layer {layer} max abs diff {diff:e}",
+                    case.checkpoint
+                ));
+            }
+        }
+        failures
+    });
+}
+
+/// Mean softmax cross-entropy of `logits` [B, C] against class `targets`, as in training.
+fn cross_entropy(logits: Tensor<2>, targets: &[usize]) -> Tensor<1> {
+    let device = logits.device();
+    let [batch, _] = logits.dims();
+    let targets: Vec<i64> = targets.iter().map(|&t| t as i64).collect();
+    let targets = Tensor::<2, Int>::from_data(TensorData::new(targets, [batch, 1]), &device);
+    log_softmax(logits, 1).gather(1, targets).mean().neg()
+}
+
+/// Parameter gradients by module path, in visiting order (`None`: no gradient).
+type NamedGradients = Vec<(String, Option<Vec<f32>>)>;
+
+/// Every float parameter's gradient, by module path, in visiting order.
+struct CollectGradients<'a> {
+    grads: &'a GradientsParams,
+    path: Vec<String>,
+    found: NamedGradients,
+}
+
+impl ModuleVisitor for CollectGradients<'_> {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.push(name.to_string());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let grad = self
+            .grads
+            .get::<D>(param.id)
+            .map(|grad| grad.try_into_vec_as::<f32>().unwrap());
+        self.found.push((self.path.join("."), grad));
+    }
+}
+
+/// Loss and gradients of one training step (forward, cross-entropy, backward).
+fn loss_and_gradients(
+    checkpoint: &Checkpoint,
+    input: &Array,
+    device: &Device,
+) -> (f32, NamedGradients) {
+    let model = checkpoint.build(device).expect("model builds");
+    let logits = model.forward(images(input, device));
+    let [batch, classes] = logits.dims();
+    let targets: Vec<usize> = (0..batch).map(|i| (2 * i + 1) % classes).collect();
+    let loss = cross_entropy(logits, &targets);
+    let value = loss.clone().into_scalar::<f32>();
+    let grads = GradientsParams::from_grads(loss.backward(), &model);
+    let mut visitor = CollectGradients {
+        grads: &grads,
+        path: vec![],
+        found: vec![],
+    };
+    model.visit(&mut visitor);
+    (value, visitor.found)
+}
+
+#[test]
+fn training_gradients_agree_on_flex_and_tch() {
+    check_all("gradients", |case| {
+        if case.output != "logits" {
+            return vec![]; // no classification head to train
+        }
+        let mut checkpoint = case.load();
+        checkpoint.config.dropout = 0.0;
+        checkpoint.config.attention_dropout = 0.0;
+        let input = case.input();
+        let (flex_loss, flex) = loss_and_gradients(&checkpoint, &input, &Device::flex().autodiff());
+        let (tch_loss, tch) = loss_and_gradients(&checkpoint, &input, &libtorch().autodiff());
+        let mut failures = vec![];
+        let loss_diff = (flex_loss - tch_loss).abs();
+        if loss_diff >= tolerance(&[flex_loss]) {
+            failures.push(format!(
+                "{}: loss {flex_loss} on flex, {tch_loss} on tch",
+                case.checkpoint
+            ));
+        }
+        assert_eq!(
+            flex.len(),
+            tch.len(),
+            "{}: parameter count",
+            case.checkpoint
+        );
+        assert!(
+            flex.iter()
+                .any(|(_, grad)| grad.as_ref().is_some_and(|g| g.iter().any(|&x| x != 0.0))),
+            "{}: no non-zero gradient on flex",
+            case.checkpoint
+        );
+        let mut worst = (0.0f32, String::new());
+        for ((path, flex), (tch_path, tch)) in flex.iter().zip(&tch) {
+            assert_eq!(path, tch_path, "{}: parameter order", case.checkpoint);
+            match (flex, tch) {
+                (Some(flex), Some(tch)) => {
+                    let diff = max_abs_diff(flex, tch);
+                    let allowed = tolerance(flex);
+                    if diff > worst.0 {
+                        worst = (diff, path.clone());
+                    }
+                    if diff >= allowed {
+                        failures.push(format!(
+                            "{}: gradient of {path} max abs diff {diff:e} (allowed {allowed:e})",
+                            case.checkpoint
+                        ));
+                    }
+                }
+                (None, None) => {}
+                _ => failures.push(format!(
+                    "{}: gradient of {path} only on {}",
+                    case.checkpoint,
+                    if flex.is_some() { "flex" } else { "tch" }
+                )),
+            }
+        }
+        println!(
+            "{}: loss diff {loss_diff:e}, worst gradient {} max abs diff {:e}",
+            case.checkpoint, worst.1, worst.0
+        );
+        failures
+    });
+}
