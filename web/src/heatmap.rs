@@ -47,7 +47,7 @@ mod tests {
 
     #[test]
     fn extremes_map_to_the_ends_of_the_ramp() {
-        let pixels = rgba(&[0.1, 0.3, 0.2]);
+        let pixels = rgba(&[0.0, 1.0, 0.5]);
         assert_eq!(pixels.len(), 12);
         assert_eq!(&pixels[0..4], &[20, 11, 52, 40]);
         assert_eq!(&pixels[4..8], &[252, 255, 164, 210]);

@@ -88,15 +88,31 @@ mod tests {
         bytes
     }
 
-    /// A PNG whose header claims `width`x`height` but carries no pixel data.
+    /// A PNG whose header claims `width`x`height` but whose data is one pixel.
     fn png_header_only(width: u32, height: u32) -> Vec<u8> {
         let mut bytes = png(1, 1);
-        // IHDR width and height sit at bytes 16..24; the header CRC is not
-        // checked before the dimensions are read.
+        // IHDR: length at 8..12, type + data at 12..29, CRC at 29..33.
         bytes[16..20].copy_from_slice(&width.to_be_bytes());
         bytes[20..24].copy_from_slice(&height.to_be_bytes());
-        bytes.truncate(33);
+        let crc = crc32(&bytes[12..29]);
+        bytes[29..33].copy_from_slice(&crc.to_be_bytes());
         bytes
+    }
+
+    /// The CRC-32 of PNG chunks (reflected, polynomial 0xEDB88320).
+    fn crc32(data: &[u8]) -> u32 {
+        let mut crc = u32::MAX;
+        for &byte in data {
+            crc ^= u32::from(byte);
+            for _ in 0..8 {
+                crc = if crc & 1 == 1 {
+                    (crc >> 1) ^ 0xEDB8_8320
+                } else {
+                    crc >> 1
+                };
+            }
+        }
+        !crc
     }
 
     #[test]
