@@ -43,3 +43,5 @@ for model in web/model "$out/b16"; do
   echo "native trainer predict, whole process, median of $runs: $(native_ms "$model") ms"
   node tests/web/bench.mjs "$(realpath "$out/dist")" "$(realpath "$model")" "$(realpath "$image")" "$runs"
 done
+echo "== native forward only (trainer bench, B/16 224 px, batch 1)"
+target/release/trainer bench --model B/16 --image-size 224 --batch 1 --iterations "$runs"
