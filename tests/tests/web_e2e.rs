@@ -1,7 +1,7 @@
 //! The browser app end to end, in real headless Chromium: builds the site with
 //! trunk under a sub-path, serves it from 127.0.0.1, uploads and drops a real
-//! CIFAR-10 JPEG and a text file, and checks the page's top-5 against
-//! `trainer predict --json` on the same model and file.
+//! CIFAR-10 JPEG and a text file, loads a corrupt model, and checks the
+//! page's top-5 against `trainer predict --json` on the same model and file.
 //!
 //! Needs the tools `.ci/setup-web` installs; fails (never skips) without them.
 //! The page is driven by `tests/web/e2e.mjs` (playwright-core); this file
@@ -220,6 +220,13 @@ fn browser_app_matches_trainer_predict() {
     assert_same_top5(&top_of(&report["drop"]["top"]), &native, "dropped JPEG");
     assert_eq!(report["error_after_drop"], 0, "the error must clear");
     assert_eq!(report["status_after"], "ready");
+
+    let bad_model = report["bad_model_error"].as_str().unwrap_or_default();
+    assert!(
+        bad_model.contains("Cannot load your model") && bad_model.contains("previous model"),
+        "corrupt model error: {bad_model:?}"
+    );
+    assert_eq!(report["status_after_bad_model"], "ready");
     assert!(
         Path::new(report["screenshot"].as_str().unwrap_or_default()).is_file(),
         "no screenshot"

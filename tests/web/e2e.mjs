@@ -28,6 +28,21 @@ try {
   report.error_after_drop = await page.locator('[data-testid="error"]').count();
   report.status_after = await page.textContent('[data-testid="model-status"]');
   await page.screenshot({ path: path.join(outDir, 'page-after-drop.png'), fullPage: true });
+
+  // A corrupt model of the user's: a clear message, and the shipped model stays.
+  const corrupt = path.join(outDir, 'model.safetensors');
+  fs.writeFileSync(corrupt, 'not a safetensors file');
+  const [chooser] = await Promise.all([
+    page.waitForEvent('filechooser'),
+    page.click('text=Load your own model'),
+  ]);
+  await chooser.setFiles([path.join(distDir, 'model', 'config.json'), corrupt]);
+  await page.waitForSelector('[data-testid="error"]', { timeout: 60_000 });
+  report.bad_model_error = await page.textContent('[data-testid="error"]');
+  await page.waitForFunction(
+    () => document.querySelector('[data-testid="model-status"]')?.textContent === 'ready',
+  );
+  report.status_after_bad_model = await page.textContent('[data-testid="model-status"]');
 } catch (error) {
   report.failure = String(error?.stack ?? error);
 } finally {
