@@ -1,1 +1,30 @@
-//! Placeholder: the browser app is built by its own issue.
+//! The browser demo: a leptos page (`app`) that hands images to an inference
+//! Web Worker (`worker`), which runs the model crate's ViT on burn-flex and
+//! returns the top classes and an attention-rollout map.
+//!
+//! Everything except the browser glue compiles and is tested natively.
+
+pub mod classify;
+pub mod display;
+pub mod heatmap;
+pub mod image_input;
+pub mod protocol;
+pub mod rollout;
+pub mod samples;
+
+#[cfg(target_arch = "wasm32")]
+pub mod app;
+#[cfg(target_arch = "wasm32")]
+mod browser;
+#[cfg(target_arch = "wasm32")]
+pub mod worker;
+#[cfg(target_arch = "wasm32")]
+mod worker_client;
+
+/// What runs the model, shown on the page.
+pub const BACKEND: &str = "CPU (wasm SIMD)";
+/// The shipped model, relative to the site's base URL.
+pub const SHIPPED_CONFIG_URL: &str = "model/config.json";
+pub const SHIPPED_WEIGHTS_URL: &str = "model/model.safetensors";
+/// The worker's entry script written by trunk (`data-loader-shim`).
+pub const WORKER_SCRIPT_URL: &str = "worker_loader.js";

@@ -1,0 +1,235 @@
+//! The browser app end to end, in real headless Chromium: builds the site with
+//! trunk under a sub-path, serves it from 127.0.0.1, uploads and drops a real
+//! CIFAR-10 JPEG and a text file, loads a corrupt model, and checks the
+//! page's top-5 against `trainer predict --json` on the same model and file.
+//!
+//! Needs the tools `.ci/setup-web` installs; fails (never skips) without them.
+//! The page is driven by `tests/web/e2e.mjs` (playwright-core); this file
+//! builds, prepares inputs and checks what the page showed.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+const SETUP: &str = "run .ci/setup-web to install the browser test tools";
+/// A real CIFAR-10 test image that is not one of the shipped samples.
+const CIFAR_MEMBER: &str = "test/truck/0007.jpg";
+const TOLERANCE: f64 = 1e-4;
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// `target/` (or `$CARGO_TARGET_DIR`) from this test binary's path: `<target>/release/deps/web_e2e-…`.
+fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    exe.ancestors()
+        .nth(3)
+        .expect("test executable is in <target>/<profile>/deps")
+        .to_path_buf()
+}
+
+fn run(command: &mut Command, what: &str) -> Output {
+    let output = command
+        .output()
+        .unwrap_or_else(|error| panic!("cannot run {what}: {error}; {SETUP}"));
+    assert!(
+        output.status.success(),
+        "{what} failed ({}):\n{}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+fn require_tools(root: &Path) {
+    for (tool, flag) in [
+        ("trunk", "--version"),
+        ("wasm-bindgen", "--version"),
+        ("node", "--version"),
+    ] {
+        let found = Command::new(tool)
+            .arg(flag)
+            .output()
+            .is_ok_and(|output| output.status.success());
+        assert!(found, "`{tool}` is missing: {SETUP}");
+    }
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".to_owned());
+    assert!(
+        Path::new(&chromium).exists(),
+        "{chromium} is missing: {SETUP}"
+    );
+    let playwright = root.join("tests/web/node_modules/playwright-core");
+    assert!(
+        playwright.is_dir(),
+        "{} is missing: {SETUP}",
+        playwright.display()
+    );
+}
+
+/// `trunk build --release` under `/vit-demo/`, into `out/dist`.
+fn build_site(root: &Path, out: &Path) -> PathBuf {
+    let dist = out.join("dist");
+    run(
+        Command::new("trunk")
+            .current_dir(root)
+            .env("TRUNK_OFFLINE", "true")
+            .args(["build", "--release", "--public-url", "/vit-demo/", "--dist"])
+            .arg(&dist),
+        "trunk build",
+    );
+    dist
+}
+
+fn extract_cifar_image(root: &Path, out: &Path) -> PathBuf {
+    let archive = root.join("../shared/data/cifar10-jpeg.tar.gz");
+    assert!(
+        archive.is_file(),
+        "{} is missing: the end-to-end test classifies a real CIFAR-10 image (see ../shared/data/README.md)",
+        archive.display()
+    );
+    let dir = out.join("cifar");
+    std::fs::create_dir_all(&dir).expect("create the image folder");
+    run(
+        Command::new("tar")
+            .arg("-xzf")
+            .arg(&archive)
+            .arg("-C")
+            .arg(&dir)
+            .arg(CIFAR_MEMBER),
+        "tar (extracting a CIFAR-10 image)",
+    );
+    dir.join(CIFAR_MEMBER)
+}
+
+fn trainer_binary(root: &Path) -> PathBuf {
+    let binary = target_dir().join("release/trainer");
+    if !binary.is_file() {
+        run(
+            Command::new(env!("CARGO")).current_dir(root).args([
+                "build",
+                "--release",
+                "-p",
+                "trainer",
+            ]),
+            "cargo build --release -p trainer",
+        );
+    }
+    binary
+}
+
+/// (label, probability) of `trainer predict --json --top-k 5`.
+fn native_top5(root: &Path, image: &Path) -> Vec<(String, f64)> {
+    let output = run(
+        Command::new(trainer_binary(root))
+            .args(["predict", "--json", "--top-k", "5", "--checkpoint"])
+            .arg(root.join("web/model"))
+            .arg(image),
+        "trainer predict",
+    );
+    let line: Value = serde_json::from_slice(&output.stdout).expect("trainer prints JSON");
+    top_of(&line["top"])
+}
+
+fn top_of(list: &Value) -> Vec<(String, f64)> {
+    list.as_array()
+        .unwrap_or_else(|| panic!("expected a list of classes, got {list}"))
+        .iter()
+        .map(|entry| {
+            (
+                entry["label"].as_str().expect("label").to_owned(),
+                entry["probability"].as_f64().expect("probability"),
+            )
+        })
+        .collect()
+}
+
+fn assert_same_top5(page: &[(String, f64)], native: &[(String, f64)], what: &str) {
+    assert_eq!(page.len(), 5, "{what}: {page:?}");
+    for ((page_label, page_p), (native_label, native_p)) in page.iter().zip(native) {
+        assert_eq!(
+            page_label, native_label,
+            "{what}: {page:?} vs trainer {native:?}"
+        );
+        assert!(
+            (page_p - native_p).abs() <= TOLERANCE,
+            "{what}: {page_label} {page_p} vs trainer {native_p}"
+        );
+    }
+}
+
+#[test]
+fn browser_app_matches_trainer_predict() {
+    let root = repo_root();
+    require_tools(&root);
+    let out = target_dir().join("web-e2e");
+    // A clean folder each run, so a stale screenshot cannot pass for a new one.
+    let _ = std::fs::remove_dir_all(&out);
+    std::fs::create_dir_all(&out).expect("create the test output folder");
+
+    let image = extract_cifar_image(&root, &out);
+    let text = out.join("notes.txt");
+    std::fs::write(&text, "This is a text file, not an image.\n").expect("write a text file");
+    let native = native_top5(&root, &image);
+    let dist = build_site(&root, &out);
+
+    let output = run(
+        Command::new("node")
+            .current_dir(root.join("tests/web"))
+            .arg("e2e.mjs")
+            .args([&dist, &image, &text, &out]),
+        "node tests/web/e2e.mjs",
+    );
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|error| {
+        panic!(
+            "e2e.mjs printed no JSON ({error}):\n{}",
+            String::from_utf8_lossy(&output.stdout)
+        )
+    });
+    let log = report["log"].to_string();
+    assert!(
+        report["failure"].is_null(),
+        "the page run failed: {}\nbrowser log: {log}",
+        report["failure"]
+    );
+    println!(
+        "screenshot: {}",
+        report["screenshot"].as_str().unwrap_or("?")
+    );
+
+    assert_eq!(report["model_status"], "ready");
+    assert_same_top5(&top_of(&report["upload"]["top"]), &native, "uploaded JPEG");
+    assert!(
+        report["upload"]["latency_ms"]
+            .as_f64()
+            .is_some_and(|ms| ms >= 0.0)
+    );
+
+    let text_error = report["text_error"].as_str().unwrap_or_default();
+    assert!(
+        text_error.contains("not an image"),
+        "text file error: {text_error:?}"
+    );
+    assert_eq!(report["predictions_after_error"], 0);
+
+    assert_same_top5(&top_of(&report["drop"]["top"]), &native, "dropped JPEG");
+    assert_eq!(report["error_after_drop"], 0, "the error must clear");
+    assert_eq!(report["status_after"], "ready");
+
+    let bad_model = report["bad_model_error"].as_str().unwrap_or_default();
+    assert!(
+        bad_model.contains("Cannot load your model") && bad_model.contains("previous model"),
+        "corrupt model error: {bad_model:?}"
+    );
+    assert_eq!(report["status_after_bad_model"], "ready");
+    assert!(
+        Path::new(report["screenshot"].as_str().unwrap_or_default()).is_file(),
+        "no screenshot"
+    );
+    assert!(!log.contains("pageerror"), "errors in the page: {log}");
+}

@@ -1,0 +1,39 @@
+// Times the browser app in headless chromium (called by bench.sh):
+//   node bench.mjs DIST_DIR MODEL_DIR IMAGE RUNS
+// Serves DIST_DIR under /vit-demo/ with MODEL_DIR as its model/, then prints
+// JSON: time until the model is ready, and per-image latency as the page
+// reports it (worker: decode + preprocess + forward + rollout) and as seen
+// from outside (upload to results shown).
+import { serve } from './serve.mjs';
+import { launch, openPage, upload } from './browser.mjs';
+
+const [distDir, modelDir, image, runsArg] = process.argv.slice(2);
+const runs = Number(runsArg ?? 5);
+const log = [];
+const { server, url } = await serve(distDir, '/vit-demo/', { 'model/': modelDir });
+const browser = await launch();
+const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+try {
+  const start = performance.now();
+  const page = await openPage(browser, url, log);
+  const ready_ms = performance.now() - start;
+  await upload(page, image); // warm-up
+  const worker_ms = [];
+  const page_ms = [];
+  for (let i = 0; i < runs; i++) {
+    const t0 = performance.now();
+    const result = await upload(page, image);
+    page_ms.push(performance.now() - t0);
+    worker_ms.push(result.latency_ms);
+  }
+  console.log(JSON.stringify({
+    model: modelDir, runs, ready_ms: Math.round(ready_ms),
+    worker_median_ms: median(worker_ms), page_median_ms: Math.round(median(page_ms)), worker_ms,
+  }));
+} catch (error) {
+  console.log(JSON.stringify({ failure: String(error?.stack ?? error), log }));
+  process.exitCode = 1;
+} finally {
+  await browser.close();
+  server.close();
+}

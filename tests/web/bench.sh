@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Browser (headless chromium, wasm SIMD, 1 thread) against native `trainer predict`
+# on the same model files and image, for the shipped model and a random ViT-B/16
+# at 224 px; plus download sizes. Needs the tools of .ci/setup-web.
+#   tests/web/bench.sh [RUNS]        (results in target/web-bench/)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+runs=${1:-5}
+out=target/web-bench
+image=web/assets/samples/cat.jpg   # a real CIFAR-10 test JPEG
+mkdir -p "$out"
+
+echo "== build"
+TRUNK_OFFLINE=true trunk build --release --public-url /vit-demo/ --dist "$out/dist" >"$out/trunk.log" 2>&1
+cargo build --release -p trainer -q
+[[ -f "$out/b16/model.safetensors" ]] ||
+  cargo run --release -q -p web --example make_demo_model -- "$out/b16" --preset B/16
+
+echo "== sizes (bytes)"
+for file in "$out"/dist/*.wasm "$out"/dist/model/*; do
+  printf '%12d  %s\n' "$(stat -c %s "$file")" "${file#"$out"/dist/}"
+done
+printf '%12d  %s\n' "$(stat -c %s "$out/b16/model.safetensors")" "B/16 model.safetensors (f16)"
+for file in "$out"/dist/*.wasm; do
+  printf '%12d  %s (gzip -9)\n' "$(gzip -9c "$file" | wc -c)" "$(basename "$file")"
+done
+
+# Median wall time of a whole `trainer predict` process (load + decode + forward).
+native_ms() {
+  local times=()
+  for _ in $(seq "$runs"); do
+    local t0 t1
+    t0=$(date +%s%N)
+    target/release/trainer predict --checkpoint "$1" --top-k 5 "$image" >/dev/null
+    t1=$(date +%s%N)
+    times+=($(((t1 - t0) / 1000000)))
+  done
+  printf '%s\n' "${times[@]}" | sort -n | sed -n "$(((runs + 1) / 2))p"
+}
+
+for model in web/model "$out/b16"; do
+  echo "== $model"
+  echo "native trainer predict, whole process, median of $runs: $(native_ms "$model") ms"
+  node tests/web/bench.mjs "$(realpath "$out/dist")" "$(realpath "$model")" "$(realpath "$image")" "$runs"
+done
+echo "== native forward only (trainer bench, B/16 224 px, batch 1)"
+target/release/trainer bench --model B/16 --image-size 224 --batch 1 --iterations "$runs"

@@ -1,0 +1,69 @@
+// Headless Debian chromium through playwright-core, and the page actions the
+// end-to-end test and the benchmark share.
+import { chromium } from 'playwright-core';
+
+// The flags our machines need (running as root, no network, no GPU). Playwright
+// adds --headless and a fresh temporary --user-data-dir itself.
+const FLAGS = [
+  '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+  '--disable-background-networking', '--disable-component-update', '--disable-sync',
+];
+
+export async function launch() {
+  return chromium.launch({
+    executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
+    headless: true,
+    args: FLAGS,
+  });
+}
+
+export async function openPage(browser, url, log) {
+  const page = await browser.newPage({ viewport: { width: 1100, height: 900 } });
+  page.on('console', (message) => log.push(`console.${message.type()}: ${message.text()}`));
+  page.on('pageerror', (error) => log.push(`pageerror: ${error.message}`));
+  page.on('requestfailed', (request) => log.push(`requestfailed: ${request.url()}`));
+  await page.goto(url);
+  await page.waitForFunction(
+    () => document.querySelector('[data-testid="model-status"]')?.textContent === 'ready',
+    null,
+    { timeout: 600_000 },
+  );
+  return page;
+}
+
+/// Waits for the five predictions of a new image and reads them.
+export async function readPredictions(page) {
+  await page.waitForFunction(
+    () => document.querySelectorAll('ol[data-testid="predictions"] li').length === 5,
+    null,
+    { timeout: 600_000 },
+  );
+  return page.evaluate(() => ({
+    top: [...document.querySelectorAll('ol[data-testid="predictions"] li')].map((li) => ({
+      label: li.dataset.label,
+      probability: Number(li.dataset.probability),
+    })),
+    latency_ms: Number(document.querySelector('[data-testid="latency-ms"]').textContent),
+  }));
+}
+
+export async function upload(page, file) {
+  await page.setInputFiles('input[type=file]', file);
+  return readPredictions(page);
+}
+
+/// Drops a file on the page as a drag from the desktop would.
+export async function drop(page, bytes, name, type) {
+  await page.evaluate(
+    ({ base64, name, type }) => {
+      const data = Uint8Array.from(atob(base64), (c) => c.charCodeAt(0));
+      const transfer = new DataTransfer();
+      transfer.items.add(new File([data], name, { type }));
+      const target = document.querySelector('main') ?? document.body;
+      target.dispatchEvent(new DragEvent('dragover', { dataTransfer: transfer, bubbles: true, cancelable: true }));
+      target.dispatchEvent(new DragEvent('drop', { dataTransfer: transfer, bubbles: true, cancelable: true }));
+    },
+    { base64: Buffer.from(bytes).toString('base64'), name, type },
+  );
+  return readPredictions(page);
+}

@@ -1,0 +1,531 @@
+//! The page (leptos, client-side rendering): model status, image inputs,
+//! results. All model work happens in the worker; this file only moves
+//! bytes and shows answers.
+
+use js_sys::ArrayBuffer;
+use leptos::ev;
+use leptos::html;
+use leptos::prelude::*;
+use leptos::task::spawn_local;
+use wasm_bindgen::JsCast;
+use wasm_bindgen::prelude::*;
+use web_sys::{
+    Blob, CanvasRenderingContext2d, File, FileList, HtmlCanvasElement, HtmlInputElement,
+};
+
+use crate::browser::{self, BrowserError};
+use crate::protocol::{Classification, ModelInfo, Request, Response};
+use crate::worker_client::{self, Event};
+use crate::{display, heatmap, samples};
+
+/// Everything the page shows; all signals, so the struct is `Copy`.
+#[derive(Clone, Copy)]
+struct State {
+    model: RwSignal<Option<ModelInfo>>,
+    /// (bytes received, total) while the shipped model downloads.
+    download: RwSignal<Option<(u64, Option<u64>)>>,
+    model_loading: RwSignal<bool>,
+    busy: RwSignal<bool>,
+    error: RwSignal<Option<String>>,
+    result: RwSignal<Option<Classification>>,
+    image_url: RwSignal<Option<String>>,
+    show_attention: RwSignal<bool>,
+    backend: RwSignal<String>,
+    /// Only the answer to the latest image is shown.
+    latest_request: RwSignal<u64>,
+    dragging: RwSignal<bool>,
+}
+
+impl State {
+    fn new() -> Self {
+        Self {
+            model: RwSignal::new(None),
+            download: RwSignal::new(None),
+            model_loading: RwSignal::new(true),
+            busy: RwSignal::new(false),
+            error: RwSignal::new(None),
+            result: RwSignal::new(None),
+            image_url: RwSignal::new(None),
+            show_attention: RwSignal::new(true),
+            backend: RwSignal::new(crate::BACKEND.to_owned()),
+            latest_request: RwSignal::new(0),
+            dragging: RwSignal::new(false),
+        }
+    }
+
+    /// The word tests wait for: `ready` once a model can classify.
+    fn status_word(&self) -> &'static str {
+        if self.download.get().is_some() {
+            "downloading"
+        } else if self.model_loading.get() {
+            "loading"
+        } else if self.model.get().is_some() {
+            "ready"
+        } else {
+            "failed"
+        }
+    }
+
+    fn on_worker_event(self, event: Event) {
+        match event {
+            Event::Response(response) => self.on_response(response),
+            Event::Crashed(message) => {
+                self.error.set(Some(format!(
+                    "The inference worker stopped ({message}). Reload the page to try again."
+                )));
+                self.busy.set(false);
+                self.model_loading.set(false);
+                self.model.set(None);
+            }
+        }
+    }
+
+    fn on_response(self, response: Response) {
+        match response {
+            Response::Started { backend } => self.backend.set(backend),
+            Response::ModelLoaded { model } => {
+                self.model.set(Some(model));
+                self.model_loading.set(false);
+            }
+            Response::ModelFailed { source, message } => {
+                self.model_loading.set(false);
+                let kept = if self.model.get_untracked().is_some() {
+                    " The previous model is still in use."
+                } else {
+                    ""
+                };
+                self.error
+                    .set(Some(format!("Cannot load {source}: {message}.{kept}")));
+            }
+            Response::Classified { request_id, result } => {
+                if request_id == self.latest_request.get_untracked() {
+                    self.result.set(Some(result));
+                    self.busy.set(false);
+                }
+            }
+            Response::ClassifyFailed {
+                request_id,
+                message,
+            } => {
+                if request_id == self.latest_request.get_untracked() {
+                    self.error
+                        .set(Some(format!("Cannot classify this file: {message}.")));
+                    self.set_image(None);
+                    self.busy.set(false);
+                }
+            }
+        }
+    }
+
+    fn set_image(self, url: Option<String>) {
+        if let Some(old) = self.image_url.get_untracked() {
+            browser::revoke_url(&old);
+        }
+        self.image_url.set(url);
+    }
+
+    /// Clears the previous result at once (before the file is even read), so
+    /// that nothing stale shows; returns the id of the new request.
+    fn begin(self) -> u64 {
+        let request_id = self.latest_request.get_untracked() + 1;
+        self.latest_request.set(request_id);
+        self.error.set(None);
+        self.result.set(None);
+        self.set_image(None);
+        self.busy.set(true);
+        request_id
+    }
+
+    /// Sends an image to the worker; `display_url` is what the page shows.
+    fn classify(self, request_id: u64, image: ArrayBuffer, display_url: Option<String>) {
+        if request_id != self.latest_request.get_untracked() {
+            return;
+        }
+        self.set_image(display_url);
+        worker_client::send(&Request::Classify { request_id }, &[image]);
+    }
+
+    fn fail(self, request_id: u64, message: String) {
+        if request_id == self.latest_request.get_untracked() {
+            self.error.set(Some(message));
+            self.busy.set(false);
+        }
+    }
+
+    fn classify_blob(self, blob: Blob) {
+        let request_id = self.begin();
+        spawn_local(async move {
+            match browser::read_blob(&blob).await {
+                Ok(bytes) => self.classify(request_id, bytes, browser::object_url(&blob)),
+                Err(error) => self.fail(request_id, error.to_string()),
+            }
+        });
+    }
+
+    fn classify_sample(self, url: &'static str) {
+        let request_id = self.begin();
+        spawn_local(async move {
+            match browser::download(url, |_, _| {}).await {
+                Ok(bytes) => self.classify(request_id, bytes, Some(url.to_owned())),
+                Err(error) => self.fail(request_id, error.to_string()),
+            }
+        });
+    }
+
+    /// Files from the picker, a drop or a paste: a model (config.json +
+    /// model.safetensors) or else one image.
+    fn take_files(self, files: Vec<File>) {
+        let is_model_file = |file: &File| {
+            let name = file.name().to_ascii_lowercase();
+            name.ends_with(".safetensors") || name.ends_with(".json")
+        };
+        if files.iter().any(is_model_file) {
+            self.load_user_model(files);
+        } else if let Some(file) = files.into_iter().next() {
+            self.classify_blob(file.into());
+        }
+    }
+
+    fn load_user_model(self, files: Vec<File>) {
+        let find = |suffix: &str| {
+            files
+                .iter()
+                .find(|file| file.name().to_ascii_lowercase().ends_with(suffix))
+                .cloned()
+        };
+        let (Some(config), Some(weights)) = (find(".json"), find(".safetensors")) else {
+            let names: Vec<String> = files.iter().map(File::name).collect();
+            self.error.set(Some(format!(
+                "To load your own model, choose config.json and model.safetensors together \
+                 (got: {}).",
+                names.join(", ")
+            )));
+            return;
+        };
+        self.error.set(None);
+        self.model_loading.set(true);
+        spawn_local(async move {
+            let read = async {
+                Ok::<_, BrowserError>((
+                    browser::read_blob(&config).await?,
+                    browser::read_blob(&weights).await?,
+                ))
+            };
+            match read.await {
+                Ok((config_bytes, weight_bytes)) => {
+                    let source = format!("your model ({} + {})", config.name(), weights.name());
+                    worker_client::send(
+                        &Request::LoadModel { source },
+                        &[config_bytes, weight_bytes],
+                    );
+                }
+                Err(error) => {
+                    self.model_loading.set(false);
+                    self.error.set(Some(error.to_string()));
+                }
+            }
+        });
+    }
+
+    async fn load_shipped_model(self) {
+        let download = async {
+            let config = browser::download(crate::SHIPPED_CONFIG_URL, |_, _| {}).await?;
+            let weights = browser::download(crate::SHIPPED_WEIGHTS_URL, |received, total| {
+                self.download.set(Some((received, total)));
+            })
+            .await?;
+            Ok::<_, BrowserError>((config, weights))
+        };
+        let result = download.await;
+        self.download.set(None);
+        match result {
+            Ok((config, weights)) => worker_client::send(
+                &Request::LoadModel {
+                    source: "the shipped model".to_owned(),
+                },
+                &[config, weights],
+            ),
+            Err(error) => {
+                self.model_loading.set(false);
+                self.error.set(Some(error.to_string()));
+            }
+        }
+    }
+}
+
+fn file_list(files: Option<FileList>) -> Vec<File> {
+    files
+        .map(|files| {
+            (0..files.length())
+                .filter_map(|index| files.get(index))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Opens a file dialog for the two model files; the input is never in the
+/// document, so the page keeps exactly one `input[type=file]` (for images).
+fn pick_model_files(state: State) {
+    let Ok(element) = browser::window()
+        .document()
+        .map_or(Err(JsValue::NULL), |document| {
+            document.create_element("input")
+        })
+    else {
+        return;
+    };
+    let input: HtmlInputElement = element.unchecked_into();
+    input.set_type("file");
+    input.set_multiple(true);
+    input.set_accept(".json,.safetensors");
+    let chosen = input.clone();
+    let on_change = Closure::once_into_js(move || state.take_files(file_list(chosen.files())));
+    input.set_onchange(Some(on_change.unchecked_ref()));
+    input.click();
+}
+
+fn draw_heatmap(canvas: &HtmlCanvasElement, result: &Classification) -> Option<()> {
+    let grid = u32::try_from(result.grid).ok()?;
+    if result.rollout.len() != result.grid * result.grid || grid == 0 {
+        return None;
+    }
+    canvas.set_width(grid);
+    canvas.set_height(grid);
+    let context: CanvasRenderingContext2d = canvas.get_context("2d").ok()??.dyn_into().ok()?;
+    let pixels = heatmap::rgba(&result.rollout);
+    let image = web_sys::ImageData::new_with_u8_clamped_array_and_sh(
+        wasm_bindgen::Clamped(&pixels),
+        grid,
+        grid,
+    )
+    .ok()?;
+    context.put_image_data(&image, 0.0, 0.0).ok()
+}
+
+fn listen_for_drops_and_pastes(state: State) {
+    // Dropping anywhere on the page works; the browser must not open the file.
+    let _ = window_event_listener(ev::dragover, move |event| {
+        event.prevent_default();
+        state.dragging.set(true);
+    });
+    let _ = window_event_listener(ev::dragleave, move |_| state.dragging.set(false));
+    let _ = window_event_listener(ev::drop, move |event| {
+        event.prevent_default();
+        state.dragging.set(false);
+        let files = file_list(event.data_transfer().and_then(|data| data.files()));
+        if files.is_empty() {
+            state.error.set(Some(
+                "Drop an image file (or config.json + model.safetensors).".into(),
+            ));
+        } else {
+            state.take_files(files);
+        }
+    });
+    let _ = window_event_listener(ev::paste, move |event| {
+        let files = file_list(event.clipboard_data().and_then(|data| data.files()));
+        if !files.is_empty() {
+            event.prevent_default();
+            state.take_files(files);
+        }
+    });
+}
+
+#[component]
+fn ModelPanel(state: State) -> impl IntoView {
+    let details = move || {
+        state.model.get().map(|model| {
+            format!(
+                "{} · {} px, {} px patches, {} layers, {} parameters",
+                model.source,
+                model.image_size,
+                model.patch_size,
+                model.num_layers,
+                display::millions(model.num_params)
+            )
+        })
+    };
+    let progress = move || {
+        state.download.get().map(|(received, total)| {
+            view! {
+                <div class="progress">
+                    <progress
+                        aria-label="Model download"
+                        max=move || total.unwrap_or(0).max(1) as f64
+                        value=received as f64
+                    ></progress>
+                    <span>{display::progress(received, total)}</span>
+                </div>
+            }
+        })
+    };
+    view! {
+        <section class="panel model" aria-labelledby="model-heading">
+            <h2 id="model-heading">"Model"</h2>
+            <p aria-live="polite">
+                "Status: " <strong data-testid="model-status">{move || state.status_word()}</strong>
+                <span class="backend">" · runs on " {move || state.backend.get()}</span>
+            </p>
+            {progress}
+            <p class="details">{details}</p>
+            <button type="button" on:click=move |_| pick_model_files(state)>
+                "Load your own model (config.json + model.safetensors)"
+            </button>
+        </section>
+    }
+}
+
+#[component]
+fn ImagePanel(state: State) -> impl IntoView {
+    let on_change = move |event: ev::Event| {
+        let Some(input) = event
+            .target()
+            .and_then(|target| target.dyn_into::<HtmlInputElement>().ok())
+        else {
+            return;
+        };
+        state.take_files(file_list(input.files()));
+        // Choosing the same file again must fire `change` again.
+        input.set_value("");
+    };
+    let sample_buttons = samples::SAMPLES
+        .iter()
+        .map(|&(name, url)| {
+            view! {
+                <button
+                    type="button"
+                    class="sample"
+                    aria-label=format!("Classify the sample image of a {name}")
+                    on:click=move |_| state.classify_sample(url)
+                >
+                    <img src=url alt="" width="64" height="64" />
+                    <span>{name}</span>
+                </button>
+            }
+        })
+        .collect_view();
+    view! {
+        <section class="panel input" aria-labelledby="input-heading">
+            <h2 id="input-heading">"Image"</h2>
+            <label class="picker" for="image-file">"Choose an image file"</label>
+            <input id="image-file" type="file" accept="image/*" on:change=on_change />
+            <p class="hint">"…or drop an image anywhere on the page, or paste one (Ctrl+V)."</p>
+            <div class="samples" role="group" aria-label="Sample CIFAR-10 test images">
+                {sample_buttons}
+            </div>
+        </section>
+    }
+}
+
+#[component]
+fn Predictions(result: Classification) -> impl IntoView {
+    let items = result
+        .top
+        .into_iter()
+        .map(|prediction| {
+            let width = format!("{:.2}%", display::bar_width(prediction.probability));
+            view! {
+                <li
+                    data-label=prediction.label.clone()
+                    data-probability=display::probability_attribute(prediction.probability)
+                >
+                    <span class="label">{prediction.label.clone()}</span>
+                    <span class="bar" aria-hidden="true">
+                        <span class="fill" style:width=width></span>
+                    </span>
+                    <span class="percent">{display::percent(prediction.probability)}</span>
+                </li>
+            }
+        })
+        .collect_view();
+    view! {
+        <ol data-testid="predictions" aria-label="Top 5 classes">
+            {items}
+        </ol>
+        <p class="latency">
+            "Inference took " <span data-testid="latency-ms">{format!("{:.0}", result.latency_ms)}</span> " ms"
+        </p>
+    }
+}
+
+#[component]
+fn ResultPanel(state: State) -> impl IntoView {
+    let canvas = NodeRef::<html::Canvas>::new();
+    Effect::new(move |_| {
+        if let (Some(result), Some(canvas)) = (state.result.get(), canvas.get()) {
+            draw_heatmap(&canvas, &result);
+        }
+    });
+    let heat_hidden = move || !state.show_attention.get() || state.result.get().is_none();
+    view! {
+        <section class="panel result" aria-labelledby="result-heading" aria-busy=move || state.busy.get().to_string()>
+            <h2 id="result-heading">"Result"</h2>
+            {move || state.busy.get().then(|| view! {
+                <p class="working" role="status"><span class="spinner" aria-hidden="true"></span>"Classifying…"</p>
+            })}
+            {move || state.model_loading.get().then(|| view! {
+                <p class="working" role="status"><span class="spinner" aria-hidden="true"></span>"Loading the model…"</p>
+            })}
+            <div class="result-body">
+                <figure class="stage" hidden=move || state.image_url.get().is_none()>
+                    <div class="frame">
+                        <img src=move || state.image_url.get().unwrap_or_default() alt="The image being classified" />
+                        <canvas node_ref=canvas class="heat" aria-hidden="true" hidden=heat_hidden></canvas>
+                    </div>
+                    <figcaption>
+                        <label>
+                            <input
+                                type="checkbox"
+                                prop:checked=move || state.show_attention.get()
+                                on:change=move |event| state.show_attention.set(event_target_checked(&event))
+                            />
+                            " Show attention map (rollout: where the class token looks)"
+                        </label>
+                    </figcaption>
+                </figure>
+                <div class="scores">
+                    {move || state.result.get().map(|result| view! { <Predictions result /> })}
+                </div>
+            </div>
+        </section>
+    }
+}
+
+#[component]
+fn App() -> impl IntoView {
+    let state = State::new();
+    if let Err(error) = worker_client::start(crate::WORKER_SCRIPT_URL, move |event| {
+        state.on_worker_event(event)
+    }) {
+        state
+            .error
+            .set(Some(format!("Cannot start the inference worker: {error}")));
+    }
+    spawn_local(state.load_shipped_model());
+    listen_for_drops_and_pastes(state);
+    view! {
+        <main class="app" class:dragging=move || state.dragging.get()>
+            <header>
+                <h1>"Vision Transformer in your browser"</h1>
+                <p class="subtitle">
+                    "Classifies images into the 10 CIFAR-10 classes with a ViT running locally in WebAssembly; nothing is uploaded."
+                </p>
+            </header>
+            {move || state.error.get().map(|message| view! {
+                <p class="error" role="alert" data-testid="error">{message}</p>
+            })}
+            <div class="columns">
+                <div class="column">
+                    <ImagePanel state />
+                    <ModelPanel state />
+                </div>
+                <ResultPanel state />
+            </div>
+        </main>
+    }
+}
+
+/// Mounts the page.
+pub fn start() {
+    console_error_panic_hook::set_once();
+    leptos::mount::mount_to_body(App);
+}

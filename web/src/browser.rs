@@ -1,0 +1,115 @@
+//! Small wrappers over browser APIs used by the page: downloads with
+//! progress, file contents, object URLs.
+
+use js_sys::{ArrayBuffer, Reflect, Uint8Array};
+use wasm_bindgen::JsCast;
+use wasm_bindgen::prelude::*;
+use wasm_bindgen_futures::JsFuture;
+use web_sys::{Blob, ReadableStreamDefaultReader, Response};
+
+/// A failed browser call, as text for the user.
+#[derive(Debug, thiserror::Error)]
+pub enum BrowserError {
+    #[error("cannot download {url}: {message}")]
+    Download { url: String, message: String },
+    #[error("cannot read the file: {0}")]
+    Read(String),
+}
+
+fn describe(value: &JsValue) -> String {
+    value
+        .dyn_ref::<js_sys::Error>()
+        .map(|error| String::from(error.message()))
+        .or_else(|| value.as_string())
+        .unwrap_or_else(|| format!("{value:?}"))
+}
+
+pub fn window() -> web_sys::Window {
+    // The page code only runs in a window.
+    web_sys::window().expect("the page runs in a browser window")
+}
+
+/// Downloads `url` (relative to the page's base URL), calling `on_progress`
+/// with (bytes received, total from Content-Length) after every chunk.
+pub async fn download(
+    url: &str,
+    mut on_progress: impl FnMut(u64, Option<u64>),
+) -> Result<ArrayBuffer, BrowserError> {
+    let fail = |message: String| BrowserError::Download {
+        url: url.to_owned(),
+        message,
+    };
+    let response: Response = JsFuture::from(window().fetch_with_str(url))
+        .await
+        .map_err(|error| fail(describe(&error)))?
+        .unchecked_into();
+    if !response.ok() {
+        return Err(fail(format!(
+            "HTTP {} {}",
+            response.status(),
+            response.status_text()
+        )));
+    }
+    let total = response
+        .headers()
+        .get("content-length")
+        .ok()
+        .flatten()
+        .and_then(|length| length.parse::<u64>().ok());
+    let Some(body) = response.body() else {
+        return Err(fail("the response has no body".to_owned()));
+    };
+    let reader: ReadableStreamDefaultReader = body.get_reader().unchecked_into();
+    let mut chunks = Vec::new();
+    let mut received = 0u64;
+    on_progress(0, total);
+    loop {
+        let step = JsFuture::from(reader.read())
+            .await
+            .map_err(|error| fail(describe(&error)))?;
+        let done = Reflect::get(&step, &"done".into())
+            .ok()
+            .and_then(|done| done.as_bool())
+            .unwrap_or(true);
+        if done {
+            break;
+        }
+        let chunk: Uint8Array = Reflect::get(&step, &"value".into())
+            .map_err(|error| fail(describe(&error)))?
+            .unchecked_into();
+        received += u64::from(chunk.length());
+        chunks.push(chunk);
+        on_progress(received, total);
+    }
+    Ok(concat(&chunks, received))
+}
+
+fn concat(chunks: &[Uint8Array], length: u64) -> ArrayBuffer {
+    let all = Uint8Array::new_with_length(length as u32);
+    let mut offset = 0u32;
+    for chunk in chunks {
+        all.set(chunk, offset);
+        offset += chunk.length();
+    }
+    all.buffer()
+}
+
+/// The whole contents of a file or blob.
+pub async fn read_blob(blob: &Blob) -> Result<ArrayBuffer, BrowserError> {
+    JsFuture::from(blob.array_buffer())
+        .await
+        .map(JsCast::unchecked_into)
+        .map_err(|error| BrowserError::Read(describe(&error)))
+}
+
+/// A URL showing `blob` in an `<img>`; revoke it with [`revoke_url`].
+pub fn object_url(blob: &Blob) -> Option<String> {
+    web_sys::Url::create_object_url_with_blob(blob).ok()
+}
+
+pub fn revoke_url(url: &str) {
+    if url.starts_with("blob:") {
+        // Only fails for URLs that are not object URLs.
+        let _ = web_sys::Url::revoke_object_url(url);
+    }
+}

@@ -1,0 +1,233 @@
+//! The worker's job, free of browser APIs so that it is tested natively:
+//! load a model in the export format, classify image bytes, roll out attention.
+
+use burn::tensor::{Device, Tensor};
+use vit::prediction::{self, Ranked};
+use vit::{Checkpoint, CheckpointError, ViTConfig, VisionTransformer};
+
+use crate::image_input::{self, InputError};
+use crate::protocol::{ModelInfo, Prediction};
+use crate::rollout::{self, LayerAttention, RolloutError};
+
+/// Classes listed per image.
+pub const TOP_K: usize = 5;
+
+/// Why a model could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("cannot read the model: {0}")]
+    Checkpoint(#[from] CheckpointError),
+    #[error("the model has no classification head (num_classes is 0)")]
+    NoHead,
+}
+
+/// Why an image could not be classified.
+#[derive(Debug, thiserror::Error)]
+pub enum ClassifyError {
+    #[error(transparent)]
+    Input(#[from] InputError),
+    #[error("cannot read the model output: {0}")]
+    Backend(String),
+    #[error("cannot compute the attention map: {0}")]
+    Rollout(#[from] RolloutError),
+}
+
+/// A model ready to classify.
+#[derive(Debug)]
+pub struct LoadedModel {
+    model: VisionTransformer,
+    labels: Vec<String>,
+    device: Device,
+    source: String,
+}
+
+/// Top classes and attention map of one image.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outcome {
+    pub top: Vec<Prediction>,
+    pub rollout: Vec<f32>,
+    pub grid: usize,
+}
+
+impl LoadedModel {
+    /// Builds the model from the export format's two files.
+    pub fn from_export(
+        config_json: &[u8],
+        weights: &[u8],
+        source: &str,
+        device: &Device,
+    ) -> Result<Self, ModelError> {
+        let checkpoint = vit::checkpoint::from_hf_bytes(config_json, weights)?;
+        Self::from_checkpoint(&checkpoint, source, device)
+    }
+
+    pub fn from_checkpoint(
+        checkpoint: &Checkpoint,
+        source: &str,
+        device: &Device,
+    ) -> Result<Self, ModelError> {
+        if checkpoint.config.num_classes == 0 {
+            return Err(ModelError::NoHead);
+        }
+        Ok(Self {
+            model: checkpoint.build(device)?,
+            labels: checkpoint.label_names(),
+            device: device.clone(),
+            source: source.to_owned(),
+        })
+    }
+
+    pub fn config(&self) -> &ViTConfig {
+        self.model.config()
+    }
+
+    pub fn info(&self) -> ModelInfo {
+        let config = self.config();
+        ModelInfo {
+            source: self.source.clone(),
+            image_size: config.image_size,
+            patch_size: config.patch_size,
+            num_layers: config.num_layers,
+            hidden_size: config.hidden_size,
+            num_classes: config.num_classes,
+            num_params: config.num_params(),
+        }
+    }
+
+    /// Decodes and preprocesses `image` as `trainer predict` does, runs the
+    /// model, and returns the top classes and the class-token rollout.
+    pub fn classify(&self, image: &[u8]) -> Result<Outcome, ClassifyError> {
+        let config = self.config();
+        let input = image_input::to_model_input(image, config.image_size)?;
+        let batch = prediction::batch(&[input], &self.device);
+        let output = self.model.forward_with_attention(batch);
+        let logits = read_f32(output.logits)?;
+        let probabilities = prediction::softmax(&logits);
+        let top = prediction::top_k(&probabilities, &self.labels, TOP_K)
+            .into_iter()
+            .map(
+                |Ranked {
+                     label, probability, ..
+                 }| Prediction { label, probability },
+            )
+            .collect();
+        let maps = output
+            .attentions
+            .into_iter()
+            .map(|attention| {
+                let [_, heads, tokens, _] = attention.dims();
+                read_f32(attention).map(|values| (heads, tokens, values))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let layers: Vec<LayerAttention<'_>> = maps
+            .iter()
+            .map(|(heads, tokens, values)| LayerAttention {
+                heads: *heads,
+                tokens: *tokens,
+                probabilities: values,
+            })
+            .collect();
+        let rollout = rollout::class_token_rollout(&layers, config.num_prefix_tokens())?;
+        Ok(Outcome {
+            top,
+            rollout,
+            grid: config.grid_size(),
+        })
+    }
+}
+
+fn read_f32<const D: usize>(tensor: Tensor<D>) -> Result<Vec<f32>, ClassifyError> {
+    tensor
+        .try_into_vec_as::<f32>()
+        .map_err(|error| ClassifyError::Backend(format!("{error:?}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Cursor;
+    use vit::SaveOptions;
+
+    fn tiny_export() -> (Vec<u8>, Vec<u8>) {
+        let config = ViTConfig {
+            image_size: 8,
+            patch_size: 4,
+            hidden_size: 8,
+            mlp_dim: 16,
+            num_heads: 2,
+            num_layers: 2,
+            ..ViTConfig::preset("Ti/16").unwrap()
+        }
+        .with_num_classes(6);
+        let device = Device::flex();
+        let mut model = VisionTransformer::new(&config, &device).unwrap();
+        // A non-zero head, so that the classes are not all tied.
+        model.head = Some(
+            burn::nn::LinearConfig::new(8, 6)
+                .with_initializer(burn::nn::Initializer::Normal {
+                    mean: 0.0,
+                    std: 1.0,
+                })
+                .init(&device),
+        );
+        let labels = ["a", "b", "c", "d", "e", "f"].map(String::from).to_vec();
+        Checkpoint::from_model(&model, Some(labels))
+            .to_hf_bytes(SaveOptions::default())
+            .unwrap()
+    }
+
+    fn png() -> Vec<u8> {
+        let image =
+            image::RgbImage::from_fn(10, 7, |x, y| image::Rgb([x as u8 * 20, y as u8 * 30, 90]));
+        let mut bytes = Vec::new();
+        image
+            .write_to(&mut Cursor::new(&mut bytes), image::ImageFormat::Png)
+            .unwrap();
+        bytes
+    }
+
+    #[test]
+    fn classify_matches_the_model_crate_pipeline() {
+        let (config, weights) = tiny_export();
+        let device = Device::flex();
+        let loaded = LoadedModel::from_export(&config, &weights, "test", &device).unwrap();
+        let outcome = loaded.classify(&png()).unwrap();
+
+        // What `trainer predict` computes: preprocess, logits, softmax, top-k.
+        let checkpoint = vit::checkpoint::from_hf_bytes(&config, &weights).unwrap();
+        let model = checkpoint.build(&device).unwrap();
+        let input = vit::preprocess::preprocess(&png(), 8).unwrap();
+        let logits = &prediction::logits(&model, &[input], &device)[0];
+        let expected = prediction::top_k(
+            &prediction::softmax(logits),
+            &checkpoint.label_names(),
+            TOP_K,
+        );
+
+        assert_eq!(outcome.top.len(), TOP_K);
+        for (got, want) in outcome.top.iter().zip(&expected) {
+            assert_eq!(got.label, want.label);
+            assert!((got.probability - want.probability).abs() < 1e-6);
+        }
+        assert_eq!(outcome.grid, 2);
+        assert_eq!(outcome.rollout.len(), 4);
+        // Rollout rows are stochastic: the class token's weights on patches sum below 1.
+        let total: f32 = outcome.rollout.iter().sum();
+        assert!(total > 0.0 && total < 1.0, "{total}");
+        assert_eq!(loaded.info().num_classes, 6);
+    }
+
+    #[test]
+    fn corrupt_model_and_bad_image_give_errors() {
+        let (config, weights) = tiny_export();
+        let device = Device::flex();
+        let truncated = &weights[..weights.len() / 2];
+        assert!(LoadedModel::from_export(&config, truncated, "test", &device).is_err());
+        assert!(LoadedModel::from_export(b"{not json", &weights, "test", &device).is_err());
+        let loaded = LoadedModel::from_export(&config, &weights, "test", &device).unwrap();
+        assert!(matches!(
+            loaded.classify(b"plain text"),
+            Err(ClassifyError::Input(InputError::NotAnImage))
+        ));
+    }
+}

@@ -1,0 +1,109 @@
+//! Messages between the page and the inference worker.
+//!
+//! Each message is a JS array: a JSON header (these types) followed by the
+//! binary payloads as transferred `ArrayBuffer`s, so that megabytes of model
+//! weights are moved, not copied or encoded.
+
+use serde::{Deserialize, Serialize};
+
+/// Page → worker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Request {
+    /// Payloads: config.json, model.safetensors.
+    LoadModel { source: String },
+    /// Payload: the image file.
+    Classify { request_id: u64 },
+}
+
+/// Worker → page.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Response {
+    /// The worker's wasm is running and accepts requests.
+    Started {
+        backend: String,
+    },
+    ModelLoaded {
+        model: ModelInfo,
+    },
+    /// The previous model, if any, stays loaded.
+    ModelFailed {
+        source: String,
+        message: String,
+    },
+    Classified {
+        request_id: u64,
+        result: Classification,
+    },
+    ClassifyFailed {
+        request_id: u64,
+        message: String,
+    },
+}
+
+/// What the page shows about the loaded model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelInfo {
+    /// Where it came from: "shipped model" or the user's file names.
+    pub source: String,
+    pub image_size: usize,
+    pub patch_size: usize,
+    pub num_layers: usize,
+    pub hidden_size: usize,
+    pub num_classes: usize,
+    pub num_params: usize,
+}
+
+/// One class of the top-k, most probable first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Prediction {
+    pub label: String,
+    pub probability: f32,
+}
+
+/// The result for one image.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Classification {
+    pub top: Vec<Prediction>,
+    /// Decode + preprocess + forward + rollout, measured in the worker.
+    pub latency_ms: f64,
+    /// Attention rollout weight per patch, row-major over a `grid`x`grid` grid.
+    pub rollout: Vec<f32>,
+    pub grid: usize,
+}
+
+/// Header of a message.
+pub fn encode<T: Serialize>(message: &T) -> String {
+    // Plain structs of strings and numbers: serialising cannot fail.
+    serde_json::to_string(message).unwrap_or_else(|error| format!("{{\"error\":\"{error}\"}}"))
+}
+
+pub fn decode<'a, T: Deserialize<'a>>(header: &'a str) -> Result<T, serde_json::Error> {
+    serde_json::from_str(header)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_round_trip_through_json() {
+        let request = Request::Classify { request_id: 7 };
+        assert_eq!(decode::<Request>(&encode(&request)).unwrap(), request);
+        let response = Response::Classified {
+            request_id: 7,
+            result: Classification {
+                top: vec![Prediction {
+                    label: "cat".into(),
+                    probability: 0.123_456_78,
+                }],
+                latency_ms: 12.5,
+                rollout: vec![0.25; 4],
+                grid: 2,
+            },
+        };
+        assert_eq!(decode::<Response>(&encode(&response)).unwrap(), response);
+        assert!(encode(&request).contains("\"kind\":\"classify\""));
+    }
+}
