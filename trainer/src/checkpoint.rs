@@ -4,8 +4,8 @@
 //! `WORKDIR/checkpoint/` holds the model in the export format (so `predict` and
 //! `eval` read it as it is), the momentum buffers in the same layout, and
 //! `state.json` (completed steps and the run's options). The data order and
-//! every augmentation are pure functions of (seed, step), so the seed and the
-//! step are the whole data-pipeline and RNG state.
+//! every augmentation are pure functions of (seed, step), so the seed (in the
+//! options) and the step are the whole data-pipeline and RNG state.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -31,14 +31,6 @@ pub struct State {
     /// The options of the run, so that a resumed run uses the same recipe.
     pub args: TrainArgs,
     pub classes: Vec<String>,
-    /// The data order: position `next_example` of the stream shuffled by `seed`.
-    pub data_order: DataOrder,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct DataOrder {
-    pub seed: u64,
-    pub next_example: usize,
 }
 
 /// The checkpoint folder of a work folder.
@@ -104,12 +96,11 @@ pub fn find(workdir: &Path) -> Result<Option<(PathBuf, State)>> {
 
 /// The model (on `device`, with gradients) and the optimiser of a checkpoint.
 pub fn load(dir: &Path, momentum: f64, device: &Device) -> Result<(VisionTransformer, Sgd)> {
-    let config = fs::read(dir.join("config.json"))
-        .with_context(|| format!("cannot read {}", dir.join("config.json").display()))?;
     let read = |name: &str| {
         fs::read(dir.join(name))
             .with_context(|| format!("cannot read {}", dir.join(name).display()))
     };
+    let config = read("config.json")?;
     let weights = read("model.safetensors")?;
     let buffers = read(MOMENTUM_FILE)?;
     let model = vit::checkpoint::from_hf_bytes(&config, &weights)
@@ -134,20 +125,16 @@ mod tests {
     use burn::module::{ModuleVisitor, Param};
     use burn::tensor::{Distribution, Tensor};
     use clap::Parser;
-    use vit::ViTConfig;
 
     use super::*;
 
-    fn tiny() -> ViTConfig {
-        ViTConfig {
-            image_size: 8,
-            patch_size: 4,
-            hidden_size: 8,
-            mlp_dim: 16,
-            num_heads: 2,
-            num_layers: 1,
-            num_classes: 3,
-            ..ViTConfig::preset("Ti/16").expect("preset")
+    /// A checkpoint state at `step` of a run with these command-line options.
+    fn state(step: usize, options: &[&str]) -> State {
+        let command_line = std::iter::once("trainer").chain(options.iter().copied());
+        State {
+            step,
+            args: crate::cli::Cli::parse_from(command_line).train,
+            classes: vec!["a".into(), "b".into(), "c".into()],
         }
     }
 
@@ -170,21 +157,16 @@ mod tests {
     fn round_trip_keeps_weights_momentum_and_state_exactly() {
         let device = Device::flex();
         let workdir = tempfile::tempdir().expect("tempdir");
-        let model = VisionTransformer::new(&tiny(), &device.clone().autodiff()).expect("model");
+        let model = VisionTransformer::new(
+            &crate::train::tests::tiny_config(),
+            &device.clone().autodiff(),
+        )
+        .expect("model");
         // Momentum buffers with arbitrary values, shaped like the model.
         let mut optimizer = Sgd::new(0.9);
-        let noise = model.valid().map(&mut crate::checkpoint::tests::Randomize);
+        let noise = model.valid().map(&mut Randomize);
         optimizer.restore_buffers(&model, &noise);
-        let cli = crate::cli::Cli::parse_from(["trainer", "--steps", "7", "--seed", "3"]);
-        let state = State {
-            step: 5,
-            args: cli.train,
-            classes: vec!["a".into(), "b".into(), "c".into()],
-            data_order: DataOrder {
-                seed: 3,
-                next_example: 5 * 512,
-            },
-        };
+        let state = state(5, &["--steps", "7", "--seed", "3"]);
         save(workdir.path(), &model, &optimizer, &state).expect("first save");
         // A second save replaces the first and leaves no staging folders behind.
         save(workdir.path(), &model, &optimizer, &state).expect("second save");
@@ -212,17 +194,12 @@ mod tests {
     fn a_crash_between_renames_falls_back_to_the_previous_checkpoint() {
         let device = Device::flex();
         let workdir = tempfile::tempdir().expect("tempdir");
-        let model = VisionTransformer::new(&tiny(), &device.clone().autodiff()).expect("model");
-        let cli = crate::cli::Cli::parse_from(["trainer"]);
-        let state = State {
-            step: 2,
-            args: cli.train,
-            classes: vec!["a".into(), "b".into(), "c".into()],
-            data_order: DataOrder {
-                seed: 0,
-                next_example: 1024,
-            },
-        };
+        let model = VisionTransformer::new(
+            &crate::train::tests::tiny_config(),
+            &device.clone().autodiff(),
+        )
+        .expect("model");
+        let state = state(2, &[]);
         save(workdir.path(), &model, &Sgd::new(0.9), &state).expect("save");
         fs::rename(
             dir(workdir.path()),
@@ -239,7 +216,7 @@ mod tests {
         );
     }
 
-    pub(super) struct Randomize;
+    struct Randomize;
 
     impl burn::module::ModuleMapper for Randomize {
         fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {

@@ -512,10 +512,6 @@ impl Run<'_> {
             step: completed,
             args: self.args.clone(),
             classes: self.classes.to_vec(),
-            data_order: checkpoint::DataOrder {
-                seed: self.args.seed,
-                next_example: completed * self.args.batch,
-            },
         };
         checkpoint::save(&self.args.workdir, model, optimizer, &state)
             .context("cannot write the checkpoint")
@@ -523,7 +519,7 @@ impl Run<'_> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use burn::tensor::Distribution;
 
     use super::*;
@@ -539,10 +535,9 @@ mod tests {
         assert!((loss - (1.0 + (-2f32).exp()).ln() - 2.0).abs() < 1e-6);
     }
 
-    #[test]
-    fn accumulated_micro_batches_equal_one_large_batch() {
-        let device = Device::flex().autodiff();
-        let config = ViTConfig {
+    /// A ViT small enough for unit tests: 8 px, one layer, 3 classes.
+    pub(crate) fn tiny_config() -> ViTConfig {
+        ViTConfig {
             image_size: 8,
             patch_size: 4,
             hidden_size: 8,
@@ -550,9 +545,14 @@ mod tests {
             num_heads: 2,
             num_layers: 1,
             num_classes: 3,
-            ..ViTConfig::preset("Ti/16").unwrap()
-        };
-        let mut model = VisionTransformer::new(&config, &device).unwrap();
+            ..ViTConfig::preset("Ti/16").expect("preset")
+        }
+    }
+
+    #[test]
+    fn accumulated_micro_batches_equal_one_large_batch() {
+        let device = Device::flex().autodiff();
+        let mut model = VisionTransformer::new(&tiny_config(), &device).unwrap();
         // A non-zero head, so that every parameter gets a gradient.
         model.head = Some(burn::nn::LinearConfig::new(8, 3).init(&device));
         let images = Tensor::<4>::random([4, 3, 8, 8], Distribution::Uniform(-1.0, 1.0), &device);

@@ -45,45 +45,10 @@ fn metrics(workdir: &Path) -> Vec<serde_json::Value> {
 
 #[test]
 fn fine_tunes_a_pretrained_model_on_real_images_and_exports_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    std::fs::create_dir_all(&data).unwrap();
-    tiny_cifar(&data);
+    let (dir, data) = tiny_data();
     let workdir = dir.path().join("run");
-    let pretrained = repo().join("tests/fixtures/google_token.npz");
-    let out = Command::new(env!("CARGO_BIN_EXE_trainer"))
-        .args([
-            "--steps",
-            "8",
-            "--batch",
-            "6",
-            "--accum-steps",
-            "2",
-            "--lr",
-            "0.03",
-            "--warmup",
-            "1",
-        ])
-        .args([
-            "--resolution",
-            "32",
-            "--eval-every",
-            "4",
-            "--log-every",
-            "1",
-            "--seed",
-            "7",
-        ])
-        .arg("--pretrained")
-        .arg(&pretrained)
-        .arg("--dataset")
-        .arg(&data)
-        .arg("--workdir")
-        .arg(&workdir)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
+    let (status, stderr) = run(tiny_run(&data, &workdir).args(RECIPE));
+    assert!(status.success(), "{stderr}");
 
     let lines = metrics(&workdir);
     assert_eq!(lines.len(), 8, "one line per step with --log-every 1");
@@ -166,51 +131,36 @@ fn tiny_data() -> (tempfile::TempDir, PathBuf) {
     (dir, data)
 }
 
+/// Eight steps from the pretrained fixture, evaluating at 4 and 8.
+const RECIPE: [&str; 8] = [
+    "--steps",
+    "8",
+    "--lr",
+    "0.03",
+    "--warmup",
+    "1",
+    "--eval-every",
+    "4",
+];
+
 #[test]
 fn a_stopped_and_resumed_run_gives_the_metrics_of_an_uninterrupted_one() {
     let (dir, data) = tiny_data();
     let whole = dir.path().join("whole");
-    let (status, stderr) = run(tiny_run(&data, &whole).args([
-        "--steps",
-        "8",
-        "--lr",
-        "0.03",
-        "--warmup",
-        "1",
-        "--eval-every",
-        "4",
-    ]));
+    let (status, stderr) = run(tiny_run(&data, &whole).args(RECIPE));
     assert!(status.success(), "{stderr}");
 
     let parts = dir.path().join("parts");
-    let (status, stderr) = run(tiny_run(&data, &parts).args([
-        "--steps",
-        "8",
-        "--lr",
-        "0.03",
-        "--warmup",
-        "1",
-        "--eval-every",
-        "4",
-        "--stop-after",
-        "3",
-    ]));
+    let (status, stderr) = run(tiny_run(&data, &parts)
+        .args(RECIPE)
+        .args(["--stop-after", "3"]));
     assert!(status.success(), "{stderr}");
     assert!(stderr.contains("checkpoint at step 3"), "{stderr}");
     assert_eq!(metrics(&parts).len(), 3);
     assert!(!parts.join("export").exists());
 
     // Starting over in the same folder, or resuming with another recipe, is refused.
-    let (status, stderr) = run(tiny_run(&data, &parts).args([
-        "--steps",
-        "8",
-        "--lr",
-        "0.03",
-        "--warmup",
-        "1",
-        "--eval-every",
-        "4",
-    ]));
+    let (status, stderr) = run(tiny_run(&data, &parts).args(RECIPE));
     assert!(!status.success() && stderr.contains("--resume"), "{stderr}");
     let (status, stderr) =
         run(tiny_run(&data, &parts)
