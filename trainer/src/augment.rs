@@ -16,8 +16,9 @@ use rand::{Rng, RngExt, SeedableRng};
 use vit::preprocess::ModelInput;
 use vit::preprocess::{RgbImage, Tap, axis_taps};
 
-/// Crop area as a fraction of the image: the reference passes `(0.05, 1.0)`.
-pub const AREA_RANGE: (f32, f32) = (0.05, 1.0);
+/// The smallest crop area as a fraction of the image: the reference passes
+/// `area_range=(0.05, 1.0)`. `--min-crop-area` changes it; the largest stays 1.
+pub const MIN_CROP_AREA: f32 = 0.05;
 /// Crop width / height: TensorFlow's default, which the reference keeps.
 pub const ASPECT_RATIO_RANGE: (f32, f32) = (0.75, 1.33);
 /// Crop attempts before falling back to the whole image: TensorFlow's default.
@@ -47,7 +48,9 @@ impl Crop {
 /// Samples a crop as TensorFlow's `SampleDistortedBoundingBox` kernel does
 /// with the reference's arguments: up to [`MAX_ATTEMPTS`] tries of an aspect
 /// ratio drawn uniformly from [`ASPECT_RATIO_RANGE`] and a crop built for it
-/// by [`crop_for_ratio`]; the whole image when every try fails.
+/// by [`crop_for_ratio`], with an area of at least `min_area` (a fraction of
+/// the image; [`MIN_CROP_AREA`] in the reference); the whole image when every
+/// try fails.
 ///
 /// The distribution is TensorFlow's; the random stream is not (TensorFlow
 /// draws from Philox with `RandFloat` and `Uniform(n) = u32 % n`; we draw
@@ -56,12 +59,12 @@ impl Crop {
 /// With no bounding boxes the kernel checks crops against the whole image
 /// with `min_object_covered = 0`, which every non-empty crop passes, so that
 /// check is left out.
-pub fn sample_crop(width: usize, height: usize, rng: &mut impl Rng) -> Crop {
+pub fn sample_crop(width: usize, height: usize, min_area: f32, rng: &mut impl Rng) -> Crop {
     let (min_ratio, max_ratio) = ASPECT_RATIO_RANGE;
     for _ in 0..MAX_ATTEMPTS {
         // f32 arithmetic throughout, as the kernel's.
         let ratio = rng.random::<f32>() * (max_ratio - min_ratio) + min_ratio;
-        if let Some(crop) = crop_for_ratio(width, height, ratio, rng) {
+        if let Some(crop) = crop_for_ratio(width, height, ratio, min_area, rng) {
             return crop;
         }
     }
@@ -72,7 +75,13 @@ pub fn sample_crop(width: usize, height: usize, rng: &mut impl Rng) -> Crop {
 /// the height is uniform between those giving the smallest and largest
 /// allowed areas, the width is `round(height · ratio)`, the offsets uniform.
 /// `None` when the rounded rectangle breaks the constraints.
-fn crop_for_ratio(width: usize, height: usize, ratio: f32, rng: &mut impl Rng) -> Option<Crop> {
+fn crop_for_ratio(
+    width: usize,
+    height: usize,
+    ratio: f32,
+    min_fraction: f32,
+    rng: &mut impl Rng,
+) -> Option<Crop> {
     if width == 0 || height == 0 {
         return None;
     }
@@ -81,8 +90,8 @@ fn crop_for_ratio(width: usize, height: usize, ratio: f32, rng: &mut impl Rng) -
     // `lrintf` under the default rounding mode: nearest, ties to even.
     let lrint = |v: f32| v.round_ties_even() as i64;
     // The kernel's own evaluation order, so the rounding matches.
-    let min_area = AREA_RANGE.0 * width as f32 * height as f32;
-    let max_area = AREA_RANGE.1 * width as f32 * height as f32;
+    let min_area = min_fraction * width as f32 * height as f32;
+    let max_area = 1.0 * width as f32 * height as f32;
 
     let mut crop_h = lrint((min_area / ratio).sqrt());
     let mut max_h = lrint((max_area / ratio).sqrt());
@@ -149,7 +158,7 @@ fn crop_for_ratio(width: usize, height: usize, ratio: f32, rng: &mut impl Rng) -
 #[cfg(test)] // One image at a time: the form the batch functions are tested against.
 pub fn train_input(image: &RgbImage, size: usize, rng: &mut impl Rng) -> ModelInput {
     let mut data = vec![0.0; 3 * size * size];
-    train_into(image, size, rng, &mut Vec::new(), &mut data);
+    train_into(image, size, MIN_CROP_AREA, rng, &mut Vec::new(), &mut data);
     ModelInput {
         height: size,
         width: size,
@@ -219,6 +228,7 @@ pub fn train_batch(
     images: &[RgbImage],
     indices: &[usize],
     size: usize,
+    min_crop_area: f32,
     seed: u64,
     step: u64,
     first_position: usize,
@@ -233,6 +243,7 @@ pub fn train_batch(
         images,
         indices,
         size,
+        min_crop_area,
         positions,
         &mut out,
         default_threads(),
@@ -273,6 +284,7 @@ fn train_batch_threads(
     images: &[RgbImage],
     indices: &[usize],
     size: usize,
+    min_crop_area: f32,
     positions: Positions,
     out: &mut [f32],
     threads: usize,
@@ -280,7 +292,7 @@ fn train_batch_threads(
     for_each_example(indices, size, out, threads, |offset, index, rows, dst| {
         let position = (positions.first_position + offset) as u64;
         let mut rng = example_rng(positions.seed, positions.step, position);
-        train_into(&images[index], size, &mut rng, rows, dst);
+        train_into(&images[index], size, min_crop_area, &mut rng, rows, dst);
     });
 }
 
@@ -339,11 +351,12 @@ where
 fn train_into(
     image: &RgbImage,
     size: usize,
+    min_crop_area: f32,
     rng: &mut impl Rng,
     rows: &mut Vec<f32>,
     out: &mut [f32],
 ) {
-    let crop = sample_crop(image.width, image.height, rng);
+    let crop = sample_crop(image.width, image.height, min_crop_area, rng);
     // The reference flips when `tf.random.uniform([]) > 0.5`.
     let flip = rng.random::<f32>() > 0.5;
     resize_crop_into(image, crop, size, flip, rows, out);
@@ -509,10 +522,14 @@ mod tests {
     #[test]
     fn crops_respect_the_constraints() {
         let mut rng = example_rng(1, 2, 3);
-        for (w, h) in [(32, 32), (500, 375), (37, 101), (224, 160), (7, 5)] {
+        let sizes = [(32, 32), (500, 375), (37, 101), (224, 160), (7, 5)];
+        for ((w, h), min_area) in sizes
+            .into_iter()
+            .flat_map(|s| [MIN_CROP_AREA, 0.5, 1.0].map(|a| (s, a)))
+        {
             let image_area = (w * h) as f64;
-            for _ in 0..2000 {
-                let c = sample_crop(w, h, &mut rng);
+            for _ in 0..1000 {
+                let c = sample_crop(w, h, min_area, &mut rng);
                 assert!(c.width > 0 && c.height > 0, "{c:?}");
                 assert!(
                     c.x + c.width <= w && c.y + c.height <= h,
@@ -520,8 +537,8 @@ mod tests {
                 );
                 let fraction = (c.width * c.height) as f64 / image_area;
                 assert!(
-                    (0.05 - 1e-6..=1.0).contains(&fraction),
-                    "{c:?} in {w}x{h}: area {fraction}"
+                    (f64::from(min_area) - 1e-6..=1.0).contains(&fraction),
+                    "{c:?} in {w}x{h}: area {fraction}, at least {min_area}"
                 );
                 if c != Crop::full(w, h) {
                     // The width is the height times a ratio in range,
@@ -544,7 +561,11 @@ mod tests {
         let mut rng = example_rng(0, 0, 0);
         for (w, h) in [(100, 1), (1, 100), (1, 1)] {
             for _ in 0..50 {
-                assert_eq!(sample_crop(w, h, &mut rng), Crop::full(w, h), "{w}x{h}");
+                assert_eq!(
+                    sample_crop(w, h, MIN_CROP_AREA, &mut rng),
+                    Crop::full(w, h),
+                    "{w}x{h}"
+                );
             }
         }
     }
@@ -553,7 +574,9 @@ mod tests {
     fn crops_cover_small_and_large_areas_and_positions() {
         let mut rng = example_rng(7, 0, 0);
         let (w, h) = (224, 224);
-        let crops: Vec<Crop> = (0..4000).map(|_| sample_crop(w, h, &mut rng)).collect();
+        let crops: Vec<Crop> = (0..4000)
+            .map(|_| sample_crop(w, h, MIN_CROP_AREA, &mut rng))
+            .collect();
         let fractions: Vec<f64> = crops
             .iter()
             .map(|c| (c.width * c.height) as f64 / (w * h) as f64)
@@ -583,7 +606,8 @@ mod tests {
         let mut counts = [0usize; 101];
         let samples = 8000;
         for _ in 0..samples {
-            let c = crop_for_ratio(100, 100, 1.0, &mut rng).expect("ratio 1 always fits");
+            let c = crop_for_ratio(100, 100, 1.0, MIN_CROP_AREA, &mut rng)
+                .expect("ratio 1 always fits");
             assert_eq!(c.width, c.height);
             assert!((23..=100).contains(&c.height), "{c:?}");
             // TF's offsets are in [0, side - crop), or 0 for a full side.
@@ -672,7 +696,7 @@ mod tests {
             let mut rng = example_rng(9, 1, index);
             let mut replay = rng.clone();
             let got = train_input(&image, size, &mut rng);
-            let crop = sample_crop(32, 32, &mut replay);
+            let crop = sample_crop(32, 32, MIN_CROP_AREA, &mut replay);
             let flip = replay.random::<f32>() > 0.5;
             flips += usize::from(flip);
             assert_eq!((got.height, got.width), (size, size));
@@ -723,14 +747,25 @@ mod tests {
                 seed: 11,
                 step: 5,
             };
-            train_batch_threads(&images, &indices, size, positions, &mut out, threads);
+            train_batch_threads(
+                &images,
+                &indices,
+                size,
+                MIN_CROP_AREA,
+                positions,
+                &mut out,
+                threads,
+            );
             out
         };
         let one = run(1);
         for threads in [2, 3, 16] {
             assert_eq!(run(threads), one, "{threads} threads");
         }
-        assert_eq!(train_batch(&images, &indices, size, 11, 5, 0), one);
+        assert_eq!(
+            train_batch(&images, &indices, size, MIN_CROP_AREA, 11, 5, 0),
+            one
+        );
         // In `indices` order, each from its position's RNG; the repeated
         // image 2 gets two different augmentations.
         let example = |pos: usize| &one[pos * 3 * size * size..(pos + 1) * 3 * size * size];
@@ -742,10 +777,13 @@ mod tests {
             );
         }
         assert_ne!(example(2), example(3));
-        assert_ne!(train_batch(&images, &indices, size, 11, 6, 0), one);
-        assert!(train_batch(&images, &[], size, 11, 5, 0).is_empty());
+        assert_ne!(
+            train_batch(&images, &indices, size, MIN_CROP_AREA, 11, 6, 0),
+            one
+        );
+        assert!(train_batch(&images, &[], size, MIN_CROP_AREA, 11, 5, 0).is_empty());
         // A micro-batch starting at position 3 of the update is the tail of the whole.
-        let tail = train_batch(&images, &indices[3..], size, 11, 5, 3);
+        let tail = train_batch(&images, &indices[3..], size, MIN_CROP_AREA, 11, 5, 3);
         assert_eq!(tail, one[3 * 3 * size * size..]);
     }
 

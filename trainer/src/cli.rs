@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 use serde::{Deserialize, Serialize};
 
+use crate::augment;
 use crate::schedule::Decay;
 
 /// Fine-tune Vision Transformers (ViT) and run them, with the numerics of Google's
@@ -182,8 +183,9 @@ pub struct TrainArgs {
     /// Total training steps (updates).
     #[arg(long, default_value_t = 10_000)]
     pub steps: usize,
-    /// Model: a preset (Ti/16, S/16, B/16, B/32, B/8, L/16, L/32, H/14) or a JSON config
-    /// file. Default: the pretrained checkpoint's architecture.
+    /// Model: a preset (Ti/16, S/16, B/16, B/32, B/8, L/16, L/32, H/14) or a JSON file (our
+    /// config, an export's config.json, or a Hugging Face ViT config.json). Default: the
+    /// pretrained checkpoint's architecture.
     #[arg(long)]
     pub model: Option<String>,
     /// Pretrained weights: a local file or folder, `gs://BUCKET/PATH`, `hf:ORG/NAME`,
@@ -219,6 +221,11 @@ pub struct TrainArgs {
     /// Training and evaluation resolution in pixels.
     #[arg(long, default_value_t = 384)]
     pub resolution: usize,
+    /// Smallest random training crop, as a fraction of the image area (the reference's 0.05;
+    /// larger values are gentler, e.g. for short training from scratch on small images).
+    #[arg(long, default_value_t = augment::MIN_CROP_AREA)]
+    #[serde(default = "reference_min_crop_area")]
+    pub min_crop_area: f32,
     /// Dropout rate (default: the model's; 0 for B/16).
     #[arg(long)]
     pub dropout: Option<f64>,
@@ -234,7 +241,7 @@ pub struct TrainArgs {
     /// Fail on unreadable images instead of skipping them.
     #[arg(long)]
     pub strict: bool,
-    /// Write a checkpoint every N steps (and at the end, and on Ctrl-C).
+    /// Write a checkpoint every N steps (and at the end, and on Ctrl-C or SIGTERM).
     #[arg(long, default_value_t = 500)]
     pub checkpoint_every: usize,
     /// Output folder: config, metrics.jsonl, curves.svg, summary, checkpoint/, export/.
@@ -261,6 +268,11 @@ pub struct TrainArgs {
     /// CPU threads for the model (burn-flex) and the input pipeline (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
+}
+
+/// For runs saved before `--min-crop-area` existed.
+fn reference_min_crop_area() -> f32 {
+    augment::MIN_CROP_AREA
 }
 
 impl TrainArgs {

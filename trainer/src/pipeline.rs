@@ -27,6 +27,8 @@ pub struct Plan {
     pub seed: u64,
     /// Image side in pixels.
     pub size: usize,
+    /// The smallest random crop, as a fraction of the image area.
+    pub min_crop_area: f32,
 }
 
 /// How many micro-batches the worker prepares ahead of the one in use.
@@ -62,6 +64,7 @@ fn produce(data: &Dataset, plan: Plan, steps: Range<usize>, sender: &SyncSender<
                 &data.images,
                 micro,
                 plan.size,
+                plan.min_crop_area,
                 plan.seed,
                 step as u64,
                 part * plan.micro_batch,
@@ -161,6 +164,7 @@ mod tests {
             micro_batch: 2,
             seed: 9,
             size: 4,
+            min_crop_area: augment::MIN_CROP_AREA,
         };
         let whole = collect(&data, plan, 0..5);
         assert_eq!(whole.len(), 10);
@@ -194,6 +198,7 @@ mod tests {
             micro_batch: 1,
             seed: 0,
             size: 4,
+            min_crop_area: augment::MIN_CROP_AREA,
         };
         let first = with_batches(&data, plan, 0..1_000_000, |batches| {
             batches.recv().expect("one batch").targets

@@ -40,7 +40,7 @@ pub enum Completion {
     Finished,
     /// Stopped at `--stop-after`, after writing a checkpoint.
     Stopped,
-    /// Stopped by Ctrl-C, after writing a checkpoint.
+    /// Stopped by Ctrl-C (or SIGTERM, SIGHUP), after writing a checkpoint.
     Interrupted,
 }
 
@@ -184,6 +184,11 @@ fn validate(args: &TrainArgs) -> Result<()> {
         args.batch,
         args.accum_steps
     );
+    ensure!(
+        args.min_crop_area > 0.0 && args.min_crop_area <= 1.0,
+        "--min-crop-area must be in (0, 1], not {}",
+        args.min_crop_area
+    );
     Ok(())
 }
 
@@ -238,8 +243,8 @@ fn resume_point(args: &TrainArgs, explicit: &[String]) -> Result<(PathBuf, check
     Ok((dir, state))
 }
 
-/// Set by Ctrl-C; the training loop checkpoints and stops after the current
-/// step. A second Ctrl-C exits at once.
+/// Set by Ctrl-C, SIGTERM or SIGHUP; the training loop checkpoints and stops
+/// after the current step. A second signal exits at once.
 fn interrupt_flag() -> Arc<AtomicBool> {
     let flag = Arc::new(AtomicBool::new(false));
     let handler_flag = Arc::clone(&flag);
@@ -252,7 +257,7 @@ fn interrupt_flag() -> Arc<AtomicBool> {
         );
     });
     if let Err(error) = installed {
-        eprintln!("warning: Ctrl-C will not write a checkpoint ({error})");
+        eprintln!("warning: Ctrl-C and SIGTERM will not write a checkpoint ({error})");
     }
     flag
 }
@@ -286,15 +291,23 @@ fn initial_model(
     }
 }
 
+/// A preset name, or a JSON file: our `ViTConfig`, or a Hugging Face `config.json`
+/// (such as an export's), whose class count the data set then sets.
 fn model_config(model: &str) -> Result<ViTConfig> {
     let path = Path::new(model);
-    if path.extension().is_some_and(|ext| ext == "json") {
-        let text =
-            fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-        return serde_json::from_str(&text)
-            .with_context(|| format!("invalid model config {}", path.display()));
+    if path.extension().is_none_or(|ext| ext != "json") {
+        return Ok(ViTConfig::preset(model)?);
     }
-    Ok(ViTConfig::preset(model)?)
+    let text =
+        fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let json: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not valid JSON", path.display()))?;
+    let config = if json.get("model_type").is_some() {
+        vit::checkpoint::hf::read_config(&json, |_| None, "vit.").map_err(anyhow::Error::from)
+    } else {
+        serde_json::from_value(json).map_err(anyhow::Error::from)
+    };
+    config.with_context(|| format!("invalid model config {}", path.display()))
 }
 
 /// Where training starts: a fresh model, or a checkpoint's.
@@ -343,6 +356,7 @@ impl Run<'_> {
             micro_batch: args.batch / args.accum_steps,
             seed: args.seed,
             size: model.config().image_size,
+            min_crop_area: args.min_crop_area,
         };
         let bar = progress::training(args.steps, first);
         let mut last_checkpoint = (first > 0).then_some(first);
@@ -533,6 +547,35 @@ pub(crate) mod tests {
         let logits = Tensor::<2>::from_data(TensorData::new(vec![2.0f32, 0.0], [1, 2]), &device);
         let loss = cross_entropy(logits, &[1]).into_scalar::<f32>();
         assert!((loss - (1.0 + (-2f32).exp()).ln() - 2.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn model_config_reads_presets_our_json_and_hf_config_files() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = tiny_config();
+        let write = |name: &str, json: serde_json::Value| {
+            let path = dir.path().join(name);
+            fs::write(&path, json.to_string()).expect("write config");
+            path.to_string_lossy().into_owned()
+        };
+        let ours = write("vit.json", serde_json::to_value(&config).expect("json"));
+        assert_eq!(model_config(&ours).expect("our config"), config);
+        // An export's config.json carries our config beside the HF fields.
+        let labels: Vec<String> = ["a", "b", "c"].map(String::from).into();
+        let mut exported = vit::checkpoint::hf::write_config(&config, &labels);
+        let from_export = write("export.json", exported.clone());
+        assert_eq!(model_config(&from_export).expect("export config"), config);
+        // A plain HF config: the architecture, with the class count left to the data set.
+        exported
+            .as_object_mut()
+            .expect("object")
+            .remove(vit::checkpoint::hf::OUR_CONFIG_FIELD);
+        let hf = model_config(&write("hf.json", exported)).expect("HF config");
+        assert_eq!(hf.with_num_classes(3), config);
+        assert_eq!(model_config("B/16").expect("preset").hidden_size, 768);
+        let broken = write("broken.json", serde_json::json!({"hidden_size": 8}));
+        let error = format!("{:#}", model_config(&broken).expect_err("incomplete"));
+        assert!(error.contains("invalid model config"), "{error}");
     }
 
     /// A ViT small enough for unit tests: 8 px, one layer, 3 classes.

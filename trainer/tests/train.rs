@@ -192,44 +192,61 @@ fn a_stopped_and_resumed_run_gives_the_metrics_of_an_uninterrupted_one() {
     );
 }
 
+/// Starts a long tiny run, sends `signal` once training is under way, and returns the
+/// step of the checkpoint it wrote on the way out.
 #[cfg(unix)]
-#[test]
-fn ctrl_c_writes_a_checkpoint_that_can_be_used_and_resumed() {
-    let (dir, data) = tiny_data();
-    let workdir = dir.path().join("run");
-    let mut child = tiny_run(&data, &workdir)
+fn interrupt_run(data: &Path, workdir: &Path, signal: &str) -> u64 {
+    let mut child = tiny_run(data, workdir)
         .args(["--steps", "1000000", "--eval-every", "1000000"])
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    // Wait until training is under way, then press Ctrl-C.
     let started = std::time::Instant::now();
     while std::fs::read_to_string(workdir.join("metrics.jsonl"))
         .map_or(true, |m| m.lines().count() < 3)
     {
         if let Some(status) = child.try_wait().unwrap() {
-            panic!("the trainer ended before Ctrl-C: {status}");
+            panic!("the trainer ended before the signal: {status}");
         }
         assert!(started.elapsed().as_secs() < 120, "training did not start");
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    let signal = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
+    let sent = Command::new("kill")
+        .args([&format!("-{signal}"), &child.id().to_string()])
         .status()
         .unwrap();
-    assert!(signal.success());
+    assert!(sent.success());
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert_eq!(out.status.code(), Some(130), "{signal}: {stderr}");
     assert!(
         stderr.contains("interrupted: checkpoint at step"),
-        "{stderr}"
+        "{signal}: {stderr}"
     );
     let state: serde_json::Value =
         serde_json::from_slice(&std::fs::read(workdir.join("checkpoint/state.json")).unwrap())
             .unwrap();
     let step = state["step"].as_u64().unwrap();
     assert!((3..1_000_000).contains(&step), "checkpoint at step {step}");
+    step
+}
+
+/// A job scheduler's SIGTERM (or a closed terminal's SIGHUP) saves the run as Ctrl-C does.
+#[cfg(unix)]
+#[test]
+fn sigterm_and_sighup_write_a_checkpoint() {
+    let (dir, data) = tiny_data();
+    for signal in ["TERM", "HUP"] {
+        interrupt_run(&data, &dir.path().join(signal), signal);
+    }
+}
+
+#[cfg(unix)]
+#[test]
+fn ctrl_c_writes_a_checkpoint_that_can_be_used_and_resumed() {
+    let (dir, data) = tiny_data();
+    let workdir = dir.path().join("run");
+    let step = interrupt_run(&data, &workdir, "INT");
 
     // The checkpoint is a model that `predict` reads as it is.
     let out = Command::new(env!("CARGO_BIN_EXE_trainer"))
