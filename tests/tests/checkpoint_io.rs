@@ -111,6 +111,22 @@ fn float16_export_halves_the_file_and_stays_close() {
 }
 
 #[test]
+fn description_is_kept_by_export_and_resolution_change_and_dropped_by_fine_tuning() {
+    let mut checkpoint = load("google_token.npz");
+    assert_eq!(checkpoint.description, None);
+    let text = "ViT trained on CIFAR-10 for 4 steps; test accuracy 12.50%";
+    checkpoint.description = Some(text.to_owned());
+    let dir = tempfile::tempdir().unwrap();
+    checkpoint.save(dir.path(), SaveOptions::default()).unwrap();
+    let reloaded = checkpoint::load(dir.path(), &LoadOptions::default()).unwrap();
+    assert_eq!(reloaded.description.as_deref(), Some(text));
+    let resized = reloaded.clone().at_resolution(48).unwrap();
+    assert_eq!(resized.description.as_deref(), Some(text));
+    let target = reloaded.config.clone().with_num_classes(3);
+    assert_eq!(reloaded.for_finetuning(&target).unwrap().description, None);
+}
+
+#[test]
 fn finetuning_surgery_gives_a_zero_head_and_resized_positions() {
     let pretrained = load("google_token_prelogits.npz");
     let mut target = pretrained

@@ -84,6 +84,14 @@ impl Metrics {
     }
 
     /// The reference run's table, printed and saved as `summary.md`.
+    /// The last test accuracy recorded (the final evaluation's, when the run finished).
+    pub fn final_test_accuracy(&self) -> Option<f64> {
+        self.points
+            .iter()
+            .rev()
+            .find_map(|point| point.test_accuracy)
+    }
+
     pub fn write_summary(&self) -> Result<String> {
         let mut table = String::from("| step | train loss | test accuracy |\n|---:|---:|---:|\n");
         for point in &self.points {

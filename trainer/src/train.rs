@@ -159,16 +159,65 @@ pub fn run(args: &TrainArgs, explicit: &[String]) -> Result<Completion> {
         device: &device,
         interrupted: interrupt_flag(),
     };
-    let model = match run.train(start)? {
-        Ok(model) => model,
+    let (model, test_accuracy) = match run.train(start)? {
+        Ok(trained) => trained,
         Err(stopped) => return Ok(stopped),
     };
     let export_dir = args.workdir.join("export");
-    Checkpoint::from_model(&model.valid(), Some(classes))
+    let mut export = Checkpoint::from_model(&model.valid(), Some(classes));
+    export.description = Some(describe(
+        args,
+        model.config(),
+        test_accuracy,
+        test_set.images.len(),
+    ));
+    export
         .save(&export_dir, SaveOptions::default())
         .context("cannot write the exported model")?;
     eprintln!("exported the fine-tuned model to {}", export_dir.display());
     Ok(Completion::Finished)
+}
+
+/// How the exported model was made, in a sentence that travels with it (the
+/// browser page shows it). Paths are cut to their file names: they mean nothing
+/// on another machine.
+fn describe(
+    args: &TrainArgs,
+    config: &ViTConfig,
+    test_accuracy: Option<f64>,
+    test_images: usize,
+) -> String {
+    let name = |source: &str| {
+        if source.contains("://") || source.starts_with("hf:") {
+            source.to_owned()
+        } else {
+            Path::new(source).file_name().map_or_else(
+                || source.to_owned(),
+                |name| name.to_string_lossy().into_owned(),
+            )
+        }
+    };
+    let origin = if args.pretrained == "none" {
+        "trained from scratch".to_owned()
+    } else {
+        format!("fine-tuned from {}", name(&args.pretrained))
+    };
+    let mut text = format!(
+        "ViT ({:.1} M parameters, {} px, {} px patches) {origin} on {} for {} steps of {} images",
+        config.num_params() as f64 / 1e6,
+        config.image_size,
+        config.patch_size,
+        name(&args.dataset),
+        args.steps,
+        args.batch
+    );
+    if let Some(accuracy) = test_accuracy {
+        text.push_str(&format!(
+            "; test accuracy {:.2}% on {test_images} images",
+            accuracy * 100.0
+        ));
+    }
+    text
 }
 
 fn validate(args: &TrainArgs) -> Result<()> {
@@ -337,9 +386,10 @@ struct StepReport {
 }
 
 impl Run<'_> {
-    /// Trains from `start` to the last step, or stops early with a checkpoint
-    /// (Ctrl-C, `--stop-after`) and says how.
-    fn train(&self, start: Start) -> Result<Result<VisionTransformer, Completion>> {
+    /// Trains from `start` to the last step and gives the model with its final
+    /// test accuracy, or stops early with a checkpoint (Ctrl-C, `--stop-after`)
+    /// and says how.
+    fn train(&self, start: Start) -> Result<Result<(VisionTransformer, Option<f64>), Completion>> {
         let args = self.args;
         ensure!(
             !self.train_set.images.is_empty(),
@@ -453,7 +503,7 @@ impl Run<'_> {
         bar.finish();
         metrics.write_plot()?;
         println!("{}", metrics.write_summary()?);
-        Ok(Ok(model))
+        Ok(Ok((model, metrics.final_test_accuracy())))
     }
 
     fn schedule(&self) -> Schedule {
@@ -562,7 +612,7 @@ pub(crate) mod tests {
         assert_eq!(model_config(&ours).expect("our config"), config);
         // An export's config.json carries our config beside the HF fields.
         let labels: Vec<String> = ["a", "b", "c"].map(String::from).into();
-        let mut exported = vit::checkpoint::hf::write_config(&config, &labels);
+        let mut exported = vit::checkpoint::hf::write_config(&config, &labels, None);
         let from_export = write("export.json", exported.clone());
         assert_eq!(model_config(&from_export).expect("export config"), config);
         // A plain HF config: the architecture, with the class count left to the data set.

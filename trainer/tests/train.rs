@@ -69,7 +69,23 @@ fn fine_tunes_a_pretrained_model_on_real_images_and_exports_it() {
     assert!(workdir.join("summary.md").exists());
     assert!(workdir.join("curves.svg").exists());
 
+    // The export says how it was made, with the final accuracy, and no local paths.
     let export = workdir.join("export");
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(export.join("config.json")).unwrap()).unwrap();
+    let description = config["vit_description"].as_str().unwrap();
+    let accuracy = lines[7]["test_accuracy"].as_f64().unwrap();
+    assert!(
+        description.contains("fine-tuned from google_token.npz on ")
+            && description.contains(" for 8 steps of 6 images")
+            && description.contains(&format!("test accuracy {:.2}%", accuracy * 100.0)),
+        "{description}"
+    );
+    assert!(
+        !description.contains(&*dir.path().to_string_lossy()),
+        "{description}"
+    );
+
     let image = data.join("test/cat/0000.jpg");
     let out = Command::new(env!("CARGO_BIN_EXE_trainer"))
         .arg("predict")

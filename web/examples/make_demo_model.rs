@@ -1,6 +1,6 @@
 //! Writes a random-weight ViT in the export format (config.json + model.safetensors),
-//! labelled with the CIFAR-10 classes: the model the site ships until a trained
-//! one replaces it, and larger models for timing.
+//! labelled with the CIFAR-10 classes and described as untrained: models of any
+//! size for timing (`tests/web/bench.sh`). The site ships a trained model instead.
 //!
 //! cargo run --release -p web --example make_demo_model -- web/model
 //! cargo run --release -p web --example make_demo_model -- /tmp/vit-b16 --preset B/16 --f32
@@ -83,7 +83,9 @@ fn run(args: &Args) -> Result<(), String> {
             })
             .init(&device),
     );
-    Checkpoint::from_model(&model, Some(labels::owned(&labels::CIFAR10)))
+    let mut checkpoint = Checkpoint::from_model(&model, Some(labels::owned(&labels::CIFAR10)));
+    checkpoint.description = Some("Random weights, not trained: for timing and tests".into());
+    checkpoint
         .save(
             &args.out,
             SaveOptions {

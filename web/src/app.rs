@@ -367,6 +367,9 @@ fn ModelPanel(state: State) -> impl IntoView {
             </p>
             {progress}
             <p class="details">{details}</p>
+            <p class="details" data-testid="model-description">
+                {move || state.model.get().and_then(|model| model.description)}
+            </p>
             <button type="button" on:click=move |_| pick_model_files(state)>
                 "Load your own model (config.json + model.safetensors)"
             </button>

@@ -39,6 +39,7 @@ pub struct LoadedModel {
     labels: Vec<String>,
     device: Device,
     source: String,
+    description: Option<String>,
 }
 
 /// Top classes and attention map of one image.
@@ -74,6 +75,7 @@ impl LoadedModel {
             labels: checkpoint.label_names(),
             device: device.clone(),
             source: source.to_owned(),
+            description: checkpoint.description.clone(),
         })
     }
 
@@ -91,6 +93,7 @@ impl LoadedModel {
             hidden_size: config.hidden_size,
             num_classes: config.num_classes,
             num_params: config.num_params(),
+            description: self.description.clone(),
         }
     }
 
@@ -171,9 +174,9 @@ mod tests {
                 .init(&device),
         );
         let labels = ["a", "b", "c", "d", "e", "f"].map(String::from).to_vec();
-        Checkpoint::from_model(&model, Some(labels))
-            .to_hf_bytes(SaveOptions::default())
-            .unwrap()
+        let mut checkpoint = Checkpoint::from_model(&model, Some(labels));
+        checkpoint.description = Some("a tiny test model".into());
+        checkpoint.to_hf_bytes(SaveOptions::default()).unwrap()
     }
 
     fn png() -> Vec<u8> {
@@ -215,6 +218,10 @@ mod tests {
         let total: f32 = outcome.rollout.iter().sum();
         assert!(total > 0.0 && total < 1.0, "{total}");
         assert_eq!(loaded.info().num_classes, 6);
+        assert_eq!(
+            loaded.info().description.as_deref(),
+            Some("a tiny test model")
+        );
     }
 
     #[test]

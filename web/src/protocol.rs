@@ -53,6 +53,8 @@ pub struct ModelInfo {
     pub hidden_size: usize,
     pub num_classes: usize,
     pub num_params: usize,
+    /// How the model was made, from its config.json (`vit_description`), if it says.
+    pub description: Option<String>,
 }
 
 /// One class of the top-k, most probable first.

@@ -11,6 +11,8 @@ use crate::config::{Activation, Classifier, ViTConfig};
 /// Our own description of the model, kept in config.json beside the HF fields so
 /// that models HF's layout cannot express (gap, pre-logits) still load exactly.
 pub const OUR_CONFIG_FIELD: &str = "vit_config";
+/// The config.json field holding [`Checkpoint::description`](super::Checkpoint::description).
+pub const DESCRIPTION_FIELD: &str = "vit_description";
 
 /// The name table: our parameter ↔ HF tensor. `prefix` is `vit.` inside
 /// `ViTForImageClassification` and empty in a bare `ViTModel`.
@@ -211,6 +213,13 @@ pub fn read_config(
     Ok(config)
 }
 
+/// The model's description, when config.json has one.
+pub fn read_description(json: &Value) -> Option<String> {
+    json.get(DESCRIPTION_FIELD)
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+}
+
 /// Labels in index order from `id2label`, when it names every class.
 pub fn read_labels(json: &Value, num_classes: usize) -> Option<Vec<String>> {
     let map = json.get("id2label")?.as_object()?;
@@ -228,7 +237,7 @@ pub fn is_hf_expressible(config: &ViTConfig) -> bool {
 }
 
 /// config.json for an exported model: HF fields plus ours.
-pub fn write_config(config: &ViTConfig, labels: &[String]) -> Value {
+pub fn write_config(config: &ViTConfig, labels: &[String], description: Option<&str>) -> Value {
     let hidden_act = match config.activation {
         Activation::GeluTanh => "gelu_pytorch_tanh",
         Activation::GeluExact => "gelu",
@@ -268,6 +277,9 @@ pub fn write_config(config: &ViTConfig, labels: &[String]) -> Value {
         // Not `vit`: transformers must refuse it rather than compute another function.
         fields["model_type"] = json!("vit-reference");
         fields["architectures"] = json!(["VisionTransformer"]);
+    }
+    if let Some(description) = description {
+        fields[DESCRIPTION_FIELD] = json!(description);
     }
     fields
 }

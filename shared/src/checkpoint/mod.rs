@@ -97,6 +97,9 @@ pub struct Checkpoint {
     pub config: ViTConfig,
     pub params: Params,
     pub labels: Option<Vec<String>>,
+    /// What the model is and how it was made (e.g. the training run and its test
+    /// accuracy), for people and pages showing it; `vit_description` in config.json.
+    pub description: Option<String>,
     pub format: Format,
     /// Names in the file the model does not use (the reference's `inspect_params`
     /// reports these too); loading still succeeds.
@@ -187,6 +190,7 @@ fn from_npz_arrays(arrays: Vec<(String, Array)>) -> Result<Checkpoint, Checkpoin
         config,
         params,
         labels: None,
+        description: None,
         format: Format::GoogleNpz,
         unexpected,
     })
@@ -218,6 +222,7 @@ fn from_hf_parts(
         config,
         params,
         labels,
+        description: hf::read_description(&json),
         format: Format::HuggingFace,
         unexpected,
     })
@@ -234,6 +239,7 @@ fn from_timm_tensors(
         config,
         params,
         labels: None,
+        description: None,
         format: Format::Timm,
         unexpected,
     })
@@ -246,6 +252,7 @@ impl Checkpoint {
             config: model.config().clone(),
             params: weights::model_params(model),
             labels,
+            description: None,
             format: Format::HuggingFace,
             unexpected: Vec::new(),
         }
@@ -269,7 +276,11 @@ impl Checkpoint {
     /// The export format in memory: (config.json, model.safetensors).
     pub fn to_hf_bytes(&self, options: SaveOptions) -> Result<(Vec<u8>, Vec<u8>), CheckpointError> {
         weights::check_params(&self.config, &self.params)?;
-        let config = hf::write_config(&self.config, &self.label_names());
+        let config = hf::write_config(
+            &self.config,
+            &self.label_names(),
+            self.description.as_deref(),
+        );
         let config = serde_json::to_vec_pretty(&config)
             .map_err(|error| CheckpointError::Json(error.to_string()))?;
         let tensors = torch_layout::export(&hf::entries(&self.config, "vit."), &self.params)?;

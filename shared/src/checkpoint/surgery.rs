@@ -58,7 +58,9 @@ impl Checkpoint {
         }
         self = self.at_resolution(target.image_size)?;
         self.config = target.clone();
+        // A new head makes a new model: the old classes and description no longer apply.
         self.labels = None;
+        self.description = None;
         Ok(self)
     }
 
