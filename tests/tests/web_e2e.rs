@@ -203,6 +203,15 @@ fn browser_app_matches_trainer_predict() {
     );
 
     assert_eq!(report["model_status"], "ready");
+    // The page tells the user what the shipped model is, from its config.json.
+    let shipped: Value = serde_json::from_slice(
+        &std::fs::read(dist.join("model/config.json")).expect("shipped config.json"),
+    )
+    .expect("shipped config.json is JSON");
+    assert_eq!(
+        report["model_description"], shipped["vit_description"],
+        "model description"
+    );
     assert_same_top5(&top_of(&report["upload"]["top"]), &native, "uploaded JPEG");
     assert!(
         report["upload"]["latency_ms"]

@@ -15,6 +15,7 @@ const report = { url, log };
 try {
   const page = await openPage(browser, url, log);
   report.model_status = await page.textContent('[data-testid="model-status"]');
+  report.model_description = await page.textContent('[data-testid="model-description"]');
   report.upload = await upload(page, imagePath);
   report.screenshot = path.join(outDir, 'page.png');
   await page.screenshot({ path: report.screenshot, fullPage: true });

@@ -154,6 +154,10 @@ pub struct ExportArgs {
     /// Export at this resolution (position embeddings resized).
     #[arg(long, value_name = "N")]
     pub image_size: Option<usize>,
+    /// How the model was made, in a sentence the browser page shows (default: the
+    /// checkpoint's own, which a training run writes).
+    #[arg(long, value_name = "TEXT")]
+    pub description: Option<String>,
 }
 
 #[derive(Debug, Args)]

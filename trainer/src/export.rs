@@ -23,6 +23,9 @@ pub fn run(args: &ExportArgs) -> Result<()> {
         }
         checkpoint.labels = Some(labels.clone());
     }
+    if let Some(description) = &args.description {
+        checkpoint.description = Some(description.clone());
+    }
     checkpoint
         .save(&args.out, SaveOptions { float16: args.f16 })
         .with_context(|| format!("cannot export to {}", args.out.display()))?;

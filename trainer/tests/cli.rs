@@ -99,9 +99,14 @@ fn export_writes_a_folder_that_predict_reads_with_the_given_labels() {
         "--labels",
         "red,green,blue",
         "--f16",
+        "--description",
+        "three colours",
     ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(out_dir.join("config.json").exists() && out_dir.join("model.safetensors").exists());
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out_dir.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["vit_description"], "three colours");
     let out = trainer(&[
         "predict",
         "--checkpoint",
