@@ -91,7 +91,7 @@ fn crop_for_ratio(
     let lrint = |v: f32| v.round_ties_even() as i64;
     // The kernel's own evaluation order, so the rounding matches.
     let min_area = min_fraction * width as f32 * height as f32;
-    let max_area = 1.0 * width as f32 * height as f32;
+    let max_area = width as f32 * height as f32;
 
     let mut crop_h = lrint((min_area / ratio).sqrt());
     let mut max_h = lrint((max_area / ratio).sqrt());
