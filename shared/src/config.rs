@@ -3,6 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::preprocess::Normalization;
+
 /// How the encoder output becomes one vector per image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -46,6 +48,10 @@ pub struct ViTConfig {
     pub layer_norm_eps: f64,
     #[serde(default = "default_activation")]
     pub activation: Activation,
+    /// How images are normalised for this model: `image_mean` and `image_std` in
+    /// JSON, `(x − 127.5) / 127.5` (both 0.5) when absent, as Google's models.
+    #[serde(flatten)]
+    pub normalization: Normalization,
 }
 
 fn default_layer_norm_eps() -> f64 {
@@ -107,6 +113,7 @@ impl ViTConfig {
             attention_dropout: 0.0,
             layer_norm_eps: 1e-6,
             activation: Activation::GeluTanh,
+            normalization: Normalization::REFERENCE,
         })
     }
 
@@ -183,6 +190,12 @@ impl ViTConfig {
             if !(0.0..1.0).contains(&rate) {
                 return fail(format!("{name} must be in [0, 1), got {rate}"));
             }
+        }
+        if !self.normalization.is_valid() {
+            return fail(format!(
+                "image_mean must be finite and image_std positive, got {:?} and {:?}",
+                self.normalization.mean, self.normalization.std
+            ));
         }
         if !(self.layer_norm_eps > 0.0 && self.layer_norm_eps.is_finite()) {
             return fail(format!(

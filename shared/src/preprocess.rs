@@ -1,4 +1,5 @@
-//! Image bytes → model input: decode, bilinear resize, normalise to `[-1, 1]`.
+//! Image bytes → model input: decode, crop, bilinear resize, flip, normalise with the
+//! model's mean and standard deviation, in one kernel ([`resize_crop_into`]).
 //!
 //! Shared by the native trainer and the browser build, so it is pure Rust
 //! with no threads and no filesystem access.
@@ -29,7 +30,7 @@ pub struct RgbImage {
     pub pixels: Vec<u8>,
 }
 
-/// A normalised image ready for the model: CHW, values in [-1, 1].
+/// A normalised image ready for the model: CHW.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelInput {
     pub height: usize,
@@ -128,21 +129,92 @@ pub fn decode_rgb(bytes: &[u8]) -> Result<RgbImage, PreprocessError> {
     })
 }
 
-/// Source indices and weights for one output position along one axis.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Tap {
-    pub i0: usize,
-    pub i1: usize,
-    pub w0: f32,
-    pub w1: f32,
+/// How 8-bit pixel values become model inputs: `(x / 255 − mean) / std` per channel,
+/// as Hugging Face's `image_mean` / `image_std` and timm's `mean` / `std` describe it.
+///
+/// The model's config carries it (`image_mean`, `image_std`), because weights trained
+/// with one normalisation give worse answers with another.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Normalization {
+    #[serde(rename = "image_mean", default = "half")]
+    pub mean: [f32; 3],
+    #[serde(rename = "image_std", default = "half")]
+    pub std: [f32; 3],
 }
 
-/// Per-axis interpolation taps, computed in f32 exactly as PyTorch's CPU
-/// kernel does (`scale = n / m`; `src = max(scale * (o + 0.5) - 0.5, 0)`;
-/// `i0 = min(floor(src), n - 1)`; `lambda = clamp(src - i0, 0, 1)`), so
-/// results match its fixtures bit for bit in the common cases. The trainer's
-/// fused crop-and-resize uses the same taps, so both resize identically.
-pub fn axis_taps(n: usize, m: usize) -> Vec<Tap> {
+/// The reference's mean and standard deviation, for configs written before these
+/// fields existed.
+fn half() -> [f32; 3] {
+    [0.5; 3]
+}
+
+impl Default for Normalization {
+    fn default() -> Self {
+        Self::REFERENCE
+    }
+}
+
+impl Normalization {
+    /// Google's ViTs (and most Hugging Face ViT checkpoints): `(x − 127.5) / 127.5`, to [−1, 1].
+    pub const REFERENCE: Self = Self {
+        mean: [0.5; 3],
+        std: [0.5; 3],
+    };
+    /// ImageNet's statistics, used by DeiT and many timm models.
+    pub const IMAGENET: Self = Self {
+        mean: [0.485, 0.456, 0.406],
+        std: [0.229, 0.224, 0.225],
+    };
+
+    /// Finite values and positive standard deviations.
+    pub fn is_valid(&self) -> bool {
+        self.mean.iter().all(|m| m.is_finite())
+            && self.std.iter().all(|s| s.is_finite() && *s > 0.0)
+    }
+
+    /// Per channel, `(offset, scale)` in 8-bit units, applied as `(x − offset) / scale`:
+    /// for the reference's 0.5 that is exactly `(x − 127.5) / 127.5`, bit for bit.
+    fn affine(&self) -> [(f32, f32); 3] {
+        std::array::from_fn(|c| (255.0 * self.mean[c], 255.0 * self.std[c]))
+    }
+}
+
+/// A rectangle of an image, in pixels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Crop {
+    pub x: usize,
+    pub y: usize,
+    pub width: usize,
+    pub height: usize,
+}
+
+impl Crop {
+    /// The whole of a `width`×`height` image.
+    pub fn full(width: usize, height: usize) -> Self {
+        Crop {
+            x: 0,
+            y: 0,
+            width,
+            height,
+        }
+    }
+}
+
+/// Source indices and weights for one output position along one axis.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Tap {
+    i0: usize,
+    i1: usize,
+    w0: f32,
+    w1: f32,
+}
+
+/// Taps for resizing the `n` samples starting at `offset` to `m`, computed in f32
+/// exactly as PyTorch's CPU kernel does (`scale = n / m`;
+/// `src = max(scale * (o + 0.5) - 0.5, 0)`; `i0 = min(floor(src), n - 1)`;
+/// `lambda = clamp(src - i0, 0, 1)`), so results match its fixtures bit for bit
+/// in the common cases.
+fn axis_taps(offset: usize, n: usize, m: usize) -> Vec<Tap> {
     let scale = n as f32 / m as f32;
     (0..m)
         .map(|o| {
@@ -151,8 +223,8 @@ pub fn axis_taps(n: usize, m: usize) -> Vec<Tap> {
             let i0 = (src.floor() as usize).min(n - 1);
             let lambda = (src - i0 as f32).clamp(0.0, 1.0);
             Tap {
-                i0,
-                i1: (i0 + 1).min(n - 1),
+                i0: offset + i0,
+                i1: offset + (i0 + 1).min(n - 1),
                 w0: 1.0 - lambda,
                 w1: lambda,
             }
@@ -160,140 +232,124 @@ pub fn axis_taps(n: usize, m: usize) -> Vec<Tap> {
         .collect()
 }
 
-/// Bilinear resize with half-pixel centres and no antialiasing — the same function as TensorFlow 2
-/// `tf.image.resize(method="bilinear")` and PyTorch `interpolate(mode="bilinear", align_corners=False,
-/// antialias=False)`; output in f32 pixel units (0..255), HWC.
+/// The one resize of the project, used for prediction, evaluation, training and in
+/// the browser: `crop` of `image` resized to `size`×`size`, mirrored left-right when
+/// `flip`, normalised, written into `out` as CHW (`3·size²` values).
+///
+/// The resize is TensorFlow 2's `tf.image.resize(method="bilinear")` (the reference
+/// pipeline's) = PyTorch's `interpolate(mode="bilinear", align_corners=False,
+/// antialias=False)`: half-pixel centres, no antialiasing. The crop is read in place
+/// through offset taps and the flip is the horizontal taps reversed, so a batch is
+/// written in one pass with no intermediate images. `rows` is scratch space, reused
+/// across calls.
 ///
 /// # Panics
-/// If `image.pixels.len() != image.width * image.height * 3`, or if the image
-/// is empty while the requested output is not: both are caller bugs, since
-/// [`decode_rgb`] never produces such an image.
-pub fn resize_bilinear(image: &RgbImage, out_height: usize, out_width: usize) -> Vec<f32> {
-    let planes = resize_to_chw(image, out_height, out_width, |x| x);
-    let plane = out_height * out_width;
-    let (r, rest) = planes.split_at(plane);
-    let (g, b) = rest.split_at(plane);
-    r.iter()
-        .zip(g)
-        .zip(b)
-        .flat_map(|((&r, &g), &b)| [r, g, b])
-        .collect()
-}
-
-/// The resize behind [`resize_bilinear`] and [`preprocess_rgb`], writing
-/// channel planes and applying `map` to each result, so preprocessing needs
-/// no separate normalise/transpose pass over the large output.
-fn resize_to_chw(
+/// If the image's buffer does not match its size, the crop is empty or outside the
+/// image, or `out` does not hold `3·size²` values: all caller bugs.
+pub fn resize_crop_into(
     image: &RgbImage,
-    out_height: usize,
-    out_width: usize,
-    map: impl Fn(f32) -> f32,
-) -> Vec<f32> {
+    crop: Crop,
+    size: usize,
+    flip: bool,
+    normalization: &Normalization,
+    rows: &mut Vec<f32>,
+    out: &mut [f32],
+) {
     check_rgb(image);
-    let plane = out_height * out_width;
-    if plane == 0 {
-        return Vec::new();
-    }
     assert!(
-        image.width > 0 && image.height > 0,
-        "cannot resize an empty {}x{} image",
+        crop.width > 0
+            && crop.height > 0
+            && crop.x + crop.width <= image.width
+            && crop.y + crop.height <= image.height,
+        "crop {crop:?} is empty or outside the {}x{} image",
         image.width,
         image.height
     );
-    let (in_w, in_h) = (image.width, image.height);
-    let x_taps = axis_taps(in_w, out_width);
-    let y_taps = axis_taps(in_h, out_height);
+    let plane = size * size;
+    assert_eq!(
+        out.len(),
+        3 * plane,
+        "output must hold 3x{size}x{size} values"
+    );
+    if plane == 0 {
+        return;
+    }
+
+    let mut x_taps = axis_taps(crop.x, crop.width, size);
+    if flip {
+        // Output column x takes the taps of column size-1-x: the mirror of the
+        // resized image, without touching any pixel twice.
+        x_taps.reverse();
+    }
+    // Rows below are indexed relative to the crop.
+    let y_taps = axis_taps(0, crop.height, size);
 
     // Horizontal pass first, once per input row, then blend rows vertically.
     // That is PyTorch's `h0 * (w0 * a + w1 * b) + h1 * (w0 * c + w1 * d)`
-    // grouping, so the arithmetic is identical, and it costs far less than
-    // four taps per output value when upscaling. Rows are stored per channel
-    // so the vertical pass runs over contiguous slices.
-    let mut rows = vec![0f32; 3 * in_h * out_width];
-    for (y, src_row) in image.pixels.chunks_exact(in_w * 3).enumerate() {
+    // grouping, so the arithmetic is identical, and it costs far less than four
+    // taps per output value when upscaling. Rows are stored per channel so the
+    // vertical pass runs over contiguous slices.
+    let crop_h = crop.height;
+    rows.clear();
+    rows.resize(3 * crop_h * size, 0.0);
+    let stride = image.width * 3;
+    for r in 0..crop_h {
+        let src = &image.pixels[(crop.y + r) * stride..][..stride];
         for (x, tap) in x_taps.iter().enumerate() {
             for c in 0..3 {
-                let a = f32::from(src_row[tap.i0 * 3 + c]);
-                let b = f32::from(src_row[tap.i1 * 3 + c]);
-                rows[(c * in_h + y) * out_width + x] = tap.w0 * a + tap.w1 * b;
+                let a = f32::from(src[tap.i0 * 3 + c]);
+                let b = f32::from(src[tap.i1 * 3 + c]);
+                rows[(c * crop_h + r) * size + x] = tap.w0 * a + tap.w1 * b;
             }
         }
     }
 
-    let mut out = vec![0f32; 3 * plane];
+    let affine = normalization.affine();
     for (c, out_plane) in out.chunks_exact_mut(plane).enumerate() {
-        let channel_rows = &rows[c * in_h * out_width..(c + 1) * in_h * out_width];
-        for (tap, dst) in y_taps.iter().zip(out_plane.chunks_exact_mut(out_width)) {
-            let top = &channel_rows[tap.i0 * out_width..(tap.i0 + 1) * out_width];
-            let bottom = &channel_rows[tap.i1 * out_width..(tap.i1 + 1) * out_width];
+        let channel_rows = &rows[c * crop_h * size..(c + 1) * crop_h * size];
+        let (offset, scale) = affine[c];
+        for (tap, dst) in y_taps.iter().zip(out_plane.chunks_exact_mut(size)) {
+            let top = &channel_rows[tap.i0 * size..(tap.i0 + 1) * size];
+            let bottom = &channel_rows[tap.i1 * size..(tap.i1 + 1) * size];
             for ((d, &t), &b) in dst.iter_mut().zip(top).zip(bottom) {
-                *d = map(tap.w0 * t + tap.w1 * b);
+                // Division, not a reciprocal multiply: `(x − 127.5) / 127.5` exactly.
+                *d = (tap.w0 * t + tap.w1 * b - offset) / scale;
             }
         }
     }
-    out
 }
 
-/// Maps pixel values to [-1, 1] as (x - 127.5) / 127.5 and reorders HWC -> CHW.
+/// Decode, resize the whole image to `size`×`size`, normalise.
+pub fn preprocess(
+    bytes: &[u8],
+    size: usize,
+    normalization: &Normalization,
+) -> Result<ModelInput, PreprocessError> {
+    Ok(preprocess_rgb(&decode_rgb(bytes)?, size, normalization))
+}
+
+/// The same for an already decoded image.
 ///
 /// # Panics
-/// If `hwc.len() != 3 * height * width` (a caller bug).
-pub fn normalize_to_chw(hwc: &[f32], height: usize, width: usize) -> ModelInput {
-    let plane = height * width;
-    assert_eq!(
-        Some(hwc.len()),
-        plane.checked_mul(3),
-        "HWC buffer does not hold {height}x{width}x3 values"
+/// If the image is empty or its buffer does not match its size (caller bugs:
+/// [`decode_rgb`] never produces such an image).
+pub fn preprocess_rgb(image: &RgbImage, size: usize, normalization: &Normalization) -> ModelInput {
+    let mut data = vec![0.0; 3 * size * size];
+    let crop = Crop::full(image.width, image.height);
+    resize_crop_into(
+        image,
+        crop,
+        size,
+        false,
+        normalization,
+        &mut Vec::new(),
+        &mut data,
     );
-    ModelInput {
-        height,
-        width,
-        data: to_chw(hwc, plane, normalize),
-    }
-}
-
-/// Scatters interleaved RGB values into three planes, mapping each value.
-fn to_chw<T: Copy>(hwc: &[T], plane: usize, map: impl Fn(T) -> f32) -> Vec<f32> {
-    let mut data = vec![0f32; 3 * plane];
-    let (r, rest) = data.split_at_mut(plane);
-    let (g, b) = rest.split_at_mut(plane);
-    for (i, px) in hwc.chunks_exact(3).enumerate() {
-        r[i] = map(px[0]);
-        g[i] = map(px[1]);
-        b[i] = map(px[2]);
-    }
-    data
-}
-
-/// decode + resize to `size`x`size` (skipped when the image already has that size) + normalise.
-pub fn preprocess(bytes: &[u8], size: usize) -> Result<ModelInput, PreprocessError> {
-    Ok(preprocess_rgb(&decode_rgb(bytes)?, size))
-}
-
-/// Same for an already decoded image (the trainer's augmentation produces RgbImage crops).
-///
-/// # Panics
-/// Under the same caller-bug conditions as [`resize_bilinear`].
-pub fn preprocess_rgb(image: &RgbImage, size: usize) -> ModelInput {
-    if image.width == size && image.height == size {
-        // An identity resize returns the pixels unchanged, so skip it.
-        check_rgb(image);
-        return ModelInput {
-            height: size,
-            width: size,
-            data: to_chw(&image.pixels, size * size, |x| normalize(f32::from(x))),
-        };
-    }
     ModelInput {
         height: size,
         width: size,
-        data: resize_to_chw(image, size, size, normalize),
+        data,
     }
-}
-
-/// The normalisation of [`normalize_to_chw`] for one value.
-fn normalize(x: f32) -> f32 {
-    (x - 127.5) / 127.5
 }
 
 /// Asserts the pixel buffer matches the declared dimensions.
@@ -328,13 +384,6 @@ mod tests {
         (0..width * height * 3)
             .map(|i| (i * 7 % 256) as u8)
             .collect()
-    }
-
-    fn assert_close(actual: &[f32], expected: &[f32]) {
-        assert_eq!(actual.len(), expected.len());
-        for (i, (a, e)) in actual.iter().zip(expected).enumerate() {
-            assert!((a - e).abs() <= 1e-5, "index {i}: {a} != {e}");
-        }
     }
 
     #[test]
@@ -487,16 +536,27 @@ mod tests {
         assert!(matches!(err, PreprocessError::TooLarge { .. }), "{err}");
     }
 
-    #[test]
-    fn resize_identity_returns_same_values() {
-        let img = RgbImage {
-            width: 5,
-            height: 3,
-            pixels: gradient(5, 3),
+    /// Runs the kernel and returns channel planes in 8-bit units (mean 0, std 1/255
+    /// gives a scale of 255·(1/255), which f32 rounds to within 1e-7 of 1).
+    fn resize(image: &RgbImage, crop: Crop, size: usize, flip: bool) -> Vec<f32> {
+        let raw = Normalization {
+            mean: [0.0; 3],
+            std: [1.0 / 255.0; 3],
         };
-        let out = resize_bilinear(&img, 3, 5);
-        let expected: Vec<f32> = img.pixels.iter().map(|&p| f32::from(p)).collect();
-        assert_eq!(out, expected);
+        let mut out = vec![0.0; 3 * size * size];
+        resize_crop_into(image, crop, size, flip, &raw, &mut Vec::new(), &mut out);
+        out
+    }
+
+    fn whole(image: &RgbImage, size: usize) -> Vec<f32> {
+        resize(image, Crop::full(image.width, image.height), size, false)
+    }
+
+    fn assert_close_pixels(actual: &[f32], expected: &[f32]) {
+        assert_eq!(actual.len(), expected.len());
+        for (i, (a, e)) in actual.iter().zip(expected).enumerate() {
+            assert!((a - e).abs() <= 1e-4, "index {i}: {a} != {e}");
+        }
     }
 
     /// A single-channel-looking image: every pixel is (v, v, v).
@@ -508,8 +568,28 @@ mod tests {
         }
     }
 
-    fn first_channel(hwc: &[f32]) -> Vec<f32> {
-        hwc.iter().step_by(3).copied().collect()
+    fn test_image(width: usize, height: usize, salt: usize) -> RgbImage {
+        RgbImage {
+            width,
+            height,
+            pixels: (0..width * height * 3)
+                .map(|i| ((i * 37 + salt * 101 + i / 7) % 256) as u8)
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn same_size_returns_the_pixels_in_planes() {
+        let image = test_image(4, 4, 0);
+        let out = whole(&image, 4);
+        for c in 0..3 {
+            let plane: Vec<f32> = image.pixels[c..]
+                .iter()
+                .step_by(3)
+                .map(|&p| f32::from(p))
+                .collect();
+            assert_close_pixels(&out[c * 16..(c + 1) * 16], &plane);
+        }
     }
 
     #[test]
@@ -518,7 +598,7 @@ mod tests {
         // 0.75, 1.25 (i0 = 1, i1 clamped to 1), so weights on the second
         // sample are 0, 0.25, 0.75, and the last output is the edge pixel.
         let img = grey(2, 2, &[0, 100, 200, 40]);
-        let out = first_channel(&resize_bilinear(&img, 4, 4));
+        let out = &whole(&img, 4)[..16];
         let axis = |a: f32, b: f32| [a, 0.75 * a + 0.25 * b, 0.25 * a + 0.75 * b, b];
         let top = axis(0.0, 100.0);
         let bottom = axis(200.0, 40.0);
@@ -529,9 +609,9 @@ mod tests {
                 expected.push(col[y]);
             }
         }
-        assert_close(&out, &expected);
-        assert_close(&out[..4], &[0.0, 25.0, 75.0, 100.0]);
-        assert_close(&out[12..], &[200.0, 160.0, 80.0, 40.0]);
+        assert_close_pixels(out, &expected);
+        assert_close_pixels(&out[..4], &[0.0, 25.0, 75.0, 100.0]);
+        assert_close_pixels(&out[12..], &[200.0, 160.0, 80.0, 40.0]);
     }
 
     #[test]
@@ -546,12 +626,11 @@ mod tests {
             120, 130, 140, 250,
         ];
         let img = grey(4, 4, &values);
-        let out = first_channel(&resize_bilinear(&img, 2, 2));
         let mean = |a: u8, b: u8, c: u8, d: u8| {
             (f32::from(a) + f32::from(b) + f32::from(c) + f32::from(d)) / 4.0
         };
-        assert_close(
-            &out,
+        assert_close_pixels(
+            &whole(&img, 2)[..4],
             &[
                 mean(0, 10, 40, 50),
                 mean(20, 30, 60, 70),
@@ -562,49 +641,183 @@ mod tests {
     }
 
     #[test]
-    fn resize_handles_non_square_and_channels_independently() {
-        // 1x3 -> 2x1: rows average (n=1 -> m=2 repeats), columns pick the middle.
+    fn non_square_images_and_channels_resize_independently() {
+        // 3x1 -> 2x2: columns sample at 0.25 and 1.75 of 3 (scale 1.5), the single
+        // row repeats; each channel on its own.
         let img = RgbImage {
             width: 3,
             height: 1,
             pixels: vec![0, 0, 0, 10, 20, 30, 255, 255, 255],
         };
-        let out = resize_bilinear(&img, 2, 1);
-        assert_close(&out, &[10.0, 20.0, 30.0, 10.0, 20.0, 30.0]);
+        let out = whole(&img, 2);
+        let at = |a: f32, b: f32, lambda: f32| (1.0 - lambda) * a + lambda * b;
+        for (c, (first, second)) in [(10.0, 255.0), (20.0, 255.0), (30.0, 255.0)]
+            .into_iter()
+            .enumerate()
+        {
+            let row = [at(0.0, first, 0.25), at(first, second, 0.75)];
+            assert_close_pixels(&out[c * 4..(c + 1) * 4], &[row[0], row[1], row[0], row[1]]);
+        }
+    }
+
+    /// The crop as its own image, the slow way.
+    fn cut(image: &RgbImage, crop: Crop) -> RgbImage {
+        let mut pixels = Vec::new();
+        for y in crop.y..crop.y + crop.height {
+            let start = (y * image.width + crop.x) * 3;
+            pixels.extend_from_slice(&image.pixels[start..start + crop.width * 3]);
+        }
+        RgbImage {
+            width: crop.width,
+            height: crop.height,
+            pixels,
+        }
+    }
+
+    /// Mirrors each row of CHW data.
+    fn mirror_chw(data: &[f32], width: usize) -> Vec<f32> {
+        data.chunks_exact(width)
+            .flat_map(|row| row.iter().rev().copied())
+            .collect()
     }
 
     #[test]
-    fn normalize_maps_range_and_orders_chw() {
-        // Two pixels: (0, 127.5, 255) and (255, 0, 127.5).
-        let hwc = [0.0, 127.5, 255.0, 255.0, 0.0, 127.5];
-        let input = normalize_to_chw(&hwc, 1, 2);
-        assert_eq!((input.height, input.width), (1, 2));
-        assert_eq!(input.data, [-1.0, 1.0, 0.0, -1.0, 1.0, 0.0]);
+    fn a_crop_read_in_place_equals_the_cut_out_image() {
+        let image = test_image(13, 9, 1);
+        let crops = [
+            Crop::full(13, 9),
+            Crop {
+                x: 2,
+                y: 1,
+                width: 7,
+                height: 5,
+            },
+            Crop {
+                x: 12,
+                y: 8,
+                width: 1,
+                height: 1,
+            },
+            Crop {
+                x: 0,
+                y: 3,
+                width: 13,
+                height: 6,
+            },
+        ];
+        for crop in crops {
+            let piece = cut(&image, crop);
+            for size in [1, 4, 9, 24] {
+                for flip in [false, true] {
+                    let expected = whole(&piece, size);
+                    let expected = if flip {
+                        mirror_chw(&expected, size)
+                    } else {
+                        expected
+                    };
+                    assert_eq!(
+                        resize(&image, crop, size, flip),
+                        expected,
+                        "{crop:?} size {size} flip {flip}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]
-    fn preprocess_resizes_and_normalises() {
-        let bytes = png(2, 2, image::ExtendedColorType::Rgb8, &gradient(2, 2));
-        let input = preprocess(&bytes, 4).expect("preprocess");
-        assert_eq!((input.height, input.width, input.data.len()), (4, 4, 48));
-        assert!(input.data.iter().all(|v| (-1.0..=1.0).contains(v)));
+    fn flipping_a_mirrored_image_gives_the_original_back() {
+        let image = test_image(11, 8, 2);
+        let mirrored = RgbImage {
+            pixels: image
+                .pixels
+                .chunks_exact(image.width * 3)
+                .flat_map(|row| row.chunks_exact(3).rev().flatten().copied())
+                .collect(),
+            ..image.clone()
+        };
+        let crop = Crop {
+            x: 1,
+            y: 2,
+            width: 6,
+            height: 5,
+        };
+        let mirrored_crop = Crop {
+            x: image.width - crop.x - crop.width,
+            ..crop
+        };
+        let plain = resize(&image, crop, 10, false);
+        assert_ne!(plain, resize(&image, crop, 10, true));
+        // Equal up to rounding: the sample positions of a mirrored axis are the
+        // same numbers computed from the other end.
+        assert_close_pixels(&resize(&mirrored, mirrored_crop, 10, true), &plain);
+    }
 
-        // The same-size shortcut agrees with the general path.
-        let img = RgbImage {
+    #[test]
+    fn normalisation_is_per_channel_and_the_reference_is_exact() {
+        // Two pixels: (0, 127, 255) and (255, 0, 128).
+        let image = RgbImage {
+            width: 2,
+            height: 1,
+            pixels: vec![0, 127, 255, 255, 0, 128],
+        };
+        let mut out = vec![0.0; 12];
+        let crop = Crop {
+            x: 0,
+            y: 0,
+            width: 2,
+            height: 1,
+        };
+        // Upscaling 2x1 to 2x2 repeats the row, so the first row is the pixels.
+        resize_crop_into(
+            &image,
+            crop,
+            2,
+            false,
+            &Normalization::REFERENCE,
+            &mut Vec::new(),
+            &mut out,
+        );
+        let reference = |x: f32| (x - 127.5) / 127.5;
+        assert_eq!(
+            [out[0], out[1], out[4], out[5], out[8], out[9]],
+            [0.0, 255.0, 127.0, 0.0, 255.0, 128.0].map(reference)
+        );
+        let imagenet = Normalization::IMAGENET;
+        resize_crop_into(&image, crop, 2, false, &imagenet, &mut Vec::new(), &mut out);
+        for (c, (first, second)) in [(0.0, 255.0), (127.0, 0.0), (255.0, 128.0)]
+            .into_iter()
+            .enumerate()
+        {
+            let expected = |x: f32| (x / 255.0 - imagenet.mean[c]) / imagenet.std[c];
+            assert!((out[c * 4] - expected(first)).abs() < 1e-5);
+            assert!((out[c * 4 + 1] - expected(second)).abs() < 1e-5);
+        }
+        assert!(Normalization::REFERENCE.is_valid());
+        let zero_std = Normalization {
+            std: [0.5, 0.0, 0.5],
+            ..Normalization::REFERENCE
+        };
+        assert!(!zero_std.is_valid());
+    }
+
+    #[test]
+    fn preprocess_decodes_resizes_and_normalises() {
+        let pixels = gradient(3, 3);
+        let bytes = png(3, 3, image::ExtendedColorType::Rgb8, &pixels);
+        let image = RgbImage {
             width: 3,
             height: 3,
-            pixels: gradient(3, 3),
+            pixels,
         };
-        let fast = preprocess_rgb(&img, 3);
-        let slow = normalize_to_chw(&resize_bilinear(&img, 3, 3), 3, 3);
-        assert_eq!(fast, slow);
-        // The fused resize-and-normalise path agrees exactly with the two steps.
-        for size in [2, 5, 7] {
-            let fused = preprocess_rgb(&img, size);
-            let steps = normalize_to_chw(&resize_bilinear(&img, size, size), size, size);
-            assert_eq!(fused, steps, "size {size}");
+        for size in [2, 3, 7] {
+            let input = preprocess(&bytes, size, &Normalization::REFERENCE).expect("preprocess");
+            assert_eq!((input.height, input.width), (size, size));
+            assert_eq!(
+                input,
+                preprocess_rgb(&image, size, &Normalization::REFERENCE)
+            );
+            assert!(input.data.iter().all(|v| (-1.0..=1.0).contains(v)));
         }
-        assert_eq!(fast.data[0], (f32::from(img.pixels[0]) - 127.5) / 127.5);
-        assert_eq!(fast.data[9], (f32::from(img.pixels[1]) - 127.5) / 127.5);
     }
 }

@@ -272,7 +272,8 @@ fn truncated_and_garbage_files_are_errors() {
 
 #[test]
 fn non_image_bytes_are_an_error() {
-    assert!(vit::preprocess::preprocess(b"definitely not an image", 32).is_err());
+    let reference = vit::preprocess::Normalization::REFERENCE;
+    assert!(vit::preprocess::preprocess(b"definitely not an image", 32, &reference).is_err());
     assert!(vit::preprocess::decode_rgb(&[0x89, b'P', b'N', b'G', 0, 0]).is_err());
 }
 

@@ -166,14 +166,16 @@ fn preprocessing_matches_torch_bilinear() {
     let tensors = read_tensors("preprocess.safetensors");
     let decoded = vit::preprocess::decode_rgb(&bytes).unwrap();
     assert_eq!((decoded.width, decoded.height), (13, 9));
-    let unresized = vit::preprocess::normalize_to_chw(
-        &decoded.pixels.iter().map(|&p| p as f32).collect::<Vec<_>>(),
-        9,
-        13,
-    );
-    assert!(max_abs_diff(&unresized.data, &tensors["original"].data) < 1e-6);
+    // The PNG decodes to the pixels torch read (channel planes, normalised).
+    let original: Vec<f32> = (0..3)
+        .flat_map(|c| decoded.pixels[c..].iter().step_by(3))
+        .map(|&p| (f32::from(p) - 127.5) / 127.5)
+        .collect();
+    assert!(max_abs_diff(&original, &tensors["original"].data) < 1e-6);
     for (name, size) in [("resized_32", 32), ("resized_5", 5)] {
-        let ours = vit::preprocess::preprocess(&bytes, size).unwrap();
+        let ours =
+            vit::preprocess::preprocess(&bytes, size, &vit::preprocess::Normalization::REFERENCE)
+                .unwrap();
         let diff = max_abs_diff(&ours.data, &tensors[name].data);
         assert!(diff < 1e-5, "{name}: max abs diff {diff}");
     }

@@ -4,17 +4,18 @@
 //! `tf.image.sample_distorted_bounding_box(area_range=(0.05, 1.0),
 //! min_object_covered=0, use_image_if_no_bounding_boxes=True)` with its
 //! default aspect-ratio range and attempts, bilinear resize to `size×size`,
-//! a horizontal flip with probability 1/2, then `(x − 127.5) / 127.5` in CHW.
-//! Evaluation: resize the whole image, normalise.
+//! a horizontal flip with probability 1/2, then the model's normalisation
+//! (`(x − 127.5) / 127.5` for the reference's models) in CHW.
+//! Evaluation: resize the whole image, normalise. Both run the one kernel of
+//! `vit::preprocess`, on the rayon pool that `--threads` sizes.
 //!
 //! Every random draw for an example comes from [`example_rng`], so a batch is
 //! the same whichever thread processes which example.
 
 use rand::rngs::Xoshiro256PlusPlus;
 use rand::{Rng, RngExt, SeedableRng};
-#[cfg(test)]
-use vit::preprocess::ModelInput;
-use vit::preprocess::{RgbImage, Tap, axis_taps};
+use rayon::prelude::*;
+use vit::preprocess::{Crop, Normalization, RgbImage, resize_crop_into};
 
 /// The smallest crop area as a fraction of the image: the reference passes
 /// `area_range=(0.05, 1.0)`. `--min-crop-area` changes it; the largest stays 1.
@@ -23,27 +24,6 @@ pub const MIN_CROP_AREA: f32 = 0.05;
 pub const ASPECT_RATIO_RANGE: (f32, f32) = (0.75, 1.33);
 /// Crop attempts before falling back to the whole image: TensorFlow's default.
 pub const MAX_ATTEMPTS: usize = 100;
-
-/// A rectangle of an image, in pixels.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Crop {
-    pub x: usize,
-    pub y: usize,
-    pub width: usize,
-    pub height: usize,
-}
-
-impl Crop {
-    /// The whole of a `width`×`height` image.
-    pub fn full(width: usize, height: usize) -> Self {
-        Crop {
-            x: 0,
-            y: 0,
-            width,
-            height,
-        }
-    }
-}
 
 /// Samples a crop as TensorFlow's `SampleDistortedBoundingBox` kernel does
 /// with the reference's arguments: up to [`MAX_ATTEMPTS`] tries of an aspect
@@ -151,38 +131,6 @@ fn crop_for_ratio(
     })
 }
 
-/// Random crop, resize to `size`×`size`, random horizontal flip, normalise.
-///
-/// # Panics
-/// If the image is empty or its pixel buffer does not match its size.
-#[cfg(test)] // One image at a time: the form the batch functions are tested against.
-pub fn train_input(image: &RgbImage, size: usize, rng: &mut impl Rng) -> ModelInput {
-    let mut data = vec![0.0; 3 * size * size];
-    train_into(image, size, MIN_CROP_AREA, rng, &mut Vec::new(), &mut data);
-    ModelInput {
-        height: size,
-        width: size,
-        data,
-    }
-}
-
-/// Resize the whole image to `size`×`size` and normalise: the same values as
-/// `normalize_to_chw(&resize_bilinear(image, size, size), size, size)`.
-///
-/// # Panics
-/// If the image is empty or its pixel buffer does not match its size.
-#[cfg(test)] // One image at a time: the form the batch functions are tested against.
-pub fn eval_input(image: &RgbImage, size: usize) -> ModelInput {
-    let mut data = vec![0.0; 3 * size * size];
-    let crop = Crop::full(image.width, image.height);
-    resize_crop_into(image, crop, size, false, &mut Vec::new(), &mut data);
-    ModelInput {
-        height: size,
-        width: size,
-        data,
-    }
-}
-
 /// A reproducible RNG for example `index` of update `step` under `seed`, so the
 /// result does not depend on which worker thread processes it.
 ///
@@ -211,16 +159,24 @@ fn mix64(x: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// Builds the training batch for `step`: `indices` into `images`, each
-/// augmented with its own [`example_rng`]; returns the concatenated CHW data
-/// `[B, 3, S, S]`, in `indices` order.
+/// Where a run of examples sits in the stream of augmentations.
+#[derive(Debug, Clone, Copy)]
+pub struct Positions {
+    pub seed: u64,
+    pub step: u64,
+    /// The position within the update of the first example (for micro-batches).
+    pub first: usize,
+}
+
+/// Builds training examples for `indices` into `images`, each augmented with its
+/// own [`example_rng`]; returns the concatenated CHW data `[B, 3, S, S]`, in
+/// `indices` order.
 ///
-/// The example at position `i` of the whole update (`first_position` is where
-/// `indices` start, for micro-batches) uses `example_rng(seed, step, i)`: the
-/// position rather than the image index, so an image that appears twice in a
+/// The example at position `i` of the whole update uses `example_rng(seed, step, i)`:
+/// the position rather than the image index, so an image that appears twice in a
 /// batch gets two different augmentations, and micro-batches of one update get
-/// different ones. Work is split over the available cores; the output is the
-/// same for any thread count.
+/// different ones. Work is spread over the rayon pool; the output is the same for
+/// any number of threads.
 ///
 /// # Panics
 /// If an index is out of range or an image is empty or malformed.
@@ -229,239 +185,62 @@ pub fn train_batch(
     indices: &[usize],
     size: usize,
     min_crop_area: f32,
-    seed: u64,
-    step: u64,
-    first_position: usize,
+    normalization: &Normalization,
+    positions: Positions,
 ) -> Vec<f32> {
-    let mut out = vec![0.0; indices.len() * 3 * size * size];
-    let positions = Positions {
-        first_position,
-        seed,
-        step,
-    };
-    train_batch_threads(
-        images,
-        indices,
-        size,
-        min_crop_area,
-        positions,
-        &mut out,
-        default_threads(),
-    );
-    out
-}
-
-/// Where a run of examples sits in the stream of augmentations.
-#[derive(Debug, Clone, Copy)]
-struct Positions {
-    first_position: usize,
-    seed: u64,
-    step: u64,
+    for_each_example(indices, size, |offset, index, rows, out| {
+        let position = (positions.first + offset) as u64;
+        let mut rng = example_rng(positions.seed, positions.step, position);
+        let image = &images[index];
+        let crop = sample_crop(image.width, image.height, min_crop_area, &mut rng);
+        // The reference flips when `tf.random.uniform([]) > 0.5`, after the crop.
+        let flip = rng.random::<f32>() > 0.5;
+        resize_crop_into(image, crop, size, flip, normalization, rows, out);
+    })
 }
 
 /// The whole images of `indices`, resized and normalised, concatenated as
-/// [B, 3, S, S] in `indices` order.
+/// `[B, 3, S, S]` in `indices` order.
 ///
 /// # Panics
 /// If an index is out of range or an image is empty or malformed.
-pub fn eval_batch(images: &[RgbImage], indices: &[usize], size: usize) -> Vec<f32> {
-    let mut out = vec![0.0; indices.len() * 3 * size * size];
-    for_each_example(
-        indices,
-        size,
-        &mut out,
-        default_threads(),
-        |_, index, rows, dst| {
-            let image = &images[index];
-            let crop = Crop::full(image.width, image.height);
-            resize_crop_into(image, crop, size, false, rows, dst);
-        },
-    );
-    out
-}
-
-fn train_batch_threads(
+pub fn eval_batch(
     images: &[RgbImage],
     indices: &[usize],
     size: usize,
-    min_crop_area: f32,
-    positions: Positions,
-    out: &mut [f32],
-    threads: usize,
-) {
-    for_each_example(indices, size, out, threads, |offset, index, rows, dst| {
-        let position = (positions.first_position + offset) as u64;
-        let mut rng = example_rng(positions.seed, positions.step, position);
-        train_into(&images[index], size, min_crop_area, &mut rng, rows, dst);
-    });
+    normalization: &Normalization,
+) -> Vec<f32> {
+    for_each_example(indices, size, |_, index, rows, out| {
+        let image = &images[index];
+        let crop = Crop::full(image.width, image.height);
+        resize_crop_into(image, crop, size, false, normalization, rows, out);
+    })
 }
 
-/// The size of the global rayon pool, which `--threads` sets for the whole trainer.
-fn default_threads() -> usize {
-    rayon::current_num_threads()
-}
-
-/// Runs `work(position, index, scratch, output)` for every example, split
-/// into contiguous runs over at most `threads` scoped threads. Each example
-/// writes only its own slice of `out`, so the split cannot change the result.
-fn for_each_example<F>(indices: &[usize], size: usize, out: &mut [f32], threads: usize, work: F)
+/// Runs `work(position, index, scratch, output)` for every example on the rayon
+/// pool. Each example writes only its own slice of the batch, so the split over
+/// threads cannot change the result.
+fn for_each_example<F>(indices: &[usize], size: usize, work: F) -> Vec<f32>
 where
     F: Fn(usize, usize, &mut Vec<f32>, &mut [f32]) + Sync,
 {
     let example_len = 3 * size * size;
-    assert_eq!(
-        out.len(),
-        indices.len() * example_len,
-        "batch buffer must hold {} examples of 3x{size}x{size}",
-        indices.len()
-    );
-    if indices.is_empty() || example_len == 0 {
-        return;
-    }
-    let per_thread = indices.len().div_ceil(threads.max(1));
-    let run = |first: usize, indices: &[usize], out: &mut [f32]| {
-        // One row buffer per thread, reused across its examples.
-        let mut rows = Vec::new();
-        for (offset, (&index, dst)) in indices
-            .iter()
-            .zip(out.chunks_exact_mut(example_len))
+    let mut out = vec![0.0; indices.len() * example_len];
+    if example_len > 0 {
+        out.par_chunks_exact_mut(example_len)
+            .zip(indices.par_iter())
             .enumerate()
-        {
-            work(first + offset, index, &mut rows, dst);
-        }
-    };
-    if per_thread >= indices.len() {
-        run(0, indices, out);
-        return;
+            .for_each_init(Vec::new, |rows, (position, (dst, &index))| {
+                work(position, index, rows, dst)
+            });
     }
-    std::thread::scope(|scope| {
-        for (chunk, (idx, dst)) in indices
-            .chunks(per_thread)
-            .zip(out.chunks_mut(per_thread * example_len))
-            .enumerate()
-        {
-            let run = &run;
-            scope.spawn(move || run(chunk * per_thread, idx, dst));
-        }
-    });
-}
-
-/// The training augmentation of one image into `out` (3·size² values).
-/// Draws the crop first, then the flip, in the reference's order.
-fn train_into(
-    image: &RgbImage,
-    size: usize,
-    min_crop_area: f32,
-    rng: &mut impl Rng,
-    rows: &mut Vec<f32>,
-    out: &mut [f32],
-) {
-    let crop = sample_crop(image.width, image.height, min_crop_area, rng);
-    // The reference flips when `tf.random.uniform([]) > 0.5`.
-    let flip = rng.random::<f32>() > 0.5;
-    resize_crop_into(image, crop, size, flip, rows, out);
-}
-
-/// Taps for resizing the `n` samples starting at `offset` to `m`: the taps of
-/// `vit::preprocess::resize_bilinear`, shifted into the crop, so results equal it bit for bit.
-fn crop_taps(offset: usize, n: usize, m: usize) -> Vec<Tap> {
-    let mut taps = axis_taps(n, m);
-    for tap in &mut taps {
-        tap.i0 += offset;
-        tap.i1 += offset;
-    }
-    taps
-}
-
-/// Resizes `crop` of `image` to `size`×`size`, mirrored left-right when
-/// `flip`, normalised to [-1, 1], into `out` as CHW.
-///
-/// Fused so a batch is written in one pass with no intermediate images or
-/// copied crops: the crop is read in place through offset taps, and the flip
-/// is reversed horizontal taps. The arithmetic is that of
-/// `normalize_to_chw(&resize_bilinear(..))` on the cropped image, grouped the
-/// same way, so the values are identical (the tests check this).
-fn resize_crop_into(
-    image: &RgbImage,
-    crop: Crop,
-    size: usize,
-    flip: bool,
-    rows: &mut Vec<f32>,
-    out: &mut [f32],
-) {
-    assert_eq!(
-        Some(image.pixels.len()),
-        image
-            .width
-            .checked_mul(image.height)
-            .and_then(|p| p.checked_mul(3)),
-        "RgbImage of {}x{} must hold width*height*3 bytes",
-        image.width,
-        image.height
-    );
-    assert!(
-        crop.width > 0
-            && crop.height > 0
-            && crop.x + crop.width <= image.width
-            && crop.y + crop.height <= image.height,
-        "crop {crop:?} is empty or outside the {}x{} image",
-        image.width,
-        image.height
-    );
-    let plane = size * size;
-    assert_eq!(
-        out.len(),
-        3 * plane,
-        "output must hold 3x{size}x{size} values"
-    );
-    if plane == 0 {
-        return;
-    }
-
-    let mut x_taps = crop_taps(crop.x, crop.width, size);
-    if flip {
-        // Output column x takes the taps of column size-1-x: the mirror of
-        // the resized image, without touching any pixel twice.
-        x_taps.reverse();
-    }
-    // Rows below are indexed relative to the crop.
-    let y_taps = axis_taps(crop.height, size);
-
-    // Horizontal pass over the crop's rows, per channel, then blend rows
-    // vertically: the grouping of `resize_bilinear`.
-    let crop_h = crop.height;
-    rows.clear();
-    rows.resize(3 * crop_h * size, 0.0);
-    let stride = image.width * 3;
-    for r in 0..crop_h {
-        let src = &image.pixels[(crop.y + r) * stride..][..stride];
-        for (x, tap) in x_taps.iter().enumerate() {
-            for c in 0..3 {
-                let a = f32::from(src[tap.i0 * 3 + c]);
-                let b = f32::from(src[tap.i1 * 3 + c]);
-                rows[(c * crop_h + r) * size + x] = tap.w0 * a + tap.w1 * b;
-            }
-        }
-    }
-
-    for (c, out_plane) in out.chunks_exact_mut(plane).enumerate() {
-        let channel_rows = &rows[c * crop_h * size..(c + 1) * crop_h * size];
-        for (tap, dst) in y_taps.iter().zip(out_plane.chunks_exact_mut(size)) {
-            let top = &channel_rows[tap.i0 * size..(tap.i0 + 1) * size];
-            let bottom = &channel_rows[tap.i1 * size..(tap.i1 + 1) * size];
-            for ((d, &t), &b) in dst.iter_mut().zip(top).zip(bottom) {
-                // Division, not a reciprocal multiply, to match
-                // `normalize_to_chw` exactly.
-                *d = (tap.w0 * t + tap.w1 * b - 127.5) / 127.5;
-            }
-        }
-    }
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vit::preprocess::{normalize_to_chw, resize_bilinear};
+    use vit::preprocess::preprocess_rgb;
 
     fn test_image(width: usize, height: usize, salt: usize) -> RgbImage {
         RgbImage {
@@ -473,50 +252,10 @@ mod tests {
         }
     }
 
-    /// The crop as its own image, the slow way.
-    fn cut(image: &RgbImage, crop: Crop) -> RgbImage {
-        let mut pixels = Vec::new();
-        for y in crop.y..crop.y + crop.height {
-            let start = (y * image.width + crop.x) * 3;
-            pixels.extend_from_slice(&image.pixels[start..start + crop.width * 3]);
-        }
-        RgbImage {
-            width: crop.width,
-            height: crop.height,
-            pixels,
-        }
-    }
+    const REFERENCE: Normalization = Normalization::REFERENCE;
 
-    fn mirror_image(image: &RgbImage) -> RgbImage {
-        let pixels = image
-            .pixels
-            .chunks_exact(image.width * 3)
-            .flat_map(|row| row.chunks_exact(3).rev().flatten().copied())
-            .collect();
-        RgbImage {
-            pixels,
-            ..image.clone()
-        }
-    }
-
-    /// Mirrors each row of CHW data.
-    fn mirror_chw(data: &[f32], width: usize) -> Vec<f32> {
-        data.chunks_exact(width)
-            .flat_map(|row| row.iter().rev().copied())
-            .collect()
-    }
-
-    /// What the reference computes, from the preprocessing functions.
-    fn reference(image: &RgbImage, crop: Crop, size: usize, flip: bool) -> Vec<f32> {
-        let resized = resize_bilinear(&cut(image, crop), size, size);
-        let data = normalize_to_chw(&resized, size, size).data;
-        if flip { mirror_chw(&data, size) } else { data }
-    }
-
-    fn fused(image: &RgbImage, crop: Crop, size: usize, flip: bool) -> Vec<f32> {
-        let mut out = vec![0.0; 3 * size * size];
-        resize_crop_into(image, crop, size, flip, &mut Vec::new(), &mut out);
-        out
+    fn positions(seed: u64, step: u64, first: usize) -> Positions {
+        Positions { seed, step, first }
     }
 
     #[test]
@@ -621,95 +360,6 @@ mod tests {
     }
 
     #[test]
-    fn fused_resize_equals_crop_resize_normalise() {
-        let image = test_image(13, 9, 1);
-        let crops = [
-            Crop::full(13, 9),
-            Crop {
-                x: 2,
-                y: 1,
-                width: 7,
-                height: 5,
-            },
-            Crop {
-                x: 12,
-                y: 8,
-                width: 1,
-                height: 1,
-            },
-            Crop {
-                x: 0,
-                y: 3,
-                width: 13,
-                height: 6,
-            },
-        ];
-        for crop in crops {
-            for size in [1, 4, 9, 24] {
-                for flip in [false, true] {
-                    assert_eq!(
-                        fused(&image, crop, size, flip),
-                        reference(&image, crop, size, flip),
-                        "{crop:?} size {size} flip {flip}"
-                    );
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn flip_mirrors_and_twice_is_identity() {
-        let image = test_image(11, 8, 2);
-        let crop = Crop {
-            x: 1,
-            y: 2,
-            width: 6,
-            height: 5,
-        };
-        let size = 10;
-        let plain = fused(&image, crop, size, false);
-        let flipped = fused(&image, crop, size, true);
-        assert_ne!(plain, flipped);
-        assert_eq!(flipped, mirror_chw(&plain, size));
-        // Flipping the mirrored image's mirrored crop gives the original back.
-        let mirrored = mirror_image(&image);
-        let mirrored_crop = Crop {
-            x: image.width - crop.x - crop.width,
-            ..crop
-        };
-        // Equal up to rounding: the sample positions of a mirrored axis are
-        // the same numbers computed from the other end.
-        let close = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| (x - y).abs() <= 1e-5);
-        assert!(close(&fused(&mirrored, mirrored_crop, size, true), &plain));
-        assert!(close(
-            &fused(&mirrored, mirrored_crop, size, false),
-            &flipped
-        ));
-    }
-
-    #[test]
-    fn train_input_is_the_reference_pipeline() {
-        let image = test_image(32, 32, 3);
-        let size = 48;
-        let mut flips = 0;
-        for index in 0..40 {
-            let mut rng = example_rng(9, 1, index);
-            let mut replay = rng.clone();
-            let got = train_input(&image, size, &mut rng);
-            let crop = sample_crop(32, 32, MIN_CROP_AREA, &mut replay);
-            let flip = replay.random::<f32>() > 0.5;
-            flips += usize::from(flip);
-            assert_eq!((got.height, got.width), (size, size));
-            assert_eq!(
-                got.data,
-                reference(&image, crop, size, flip),
-                "example {index}"
-            );
-        }
-        assert!((8..=32).contains(&flips), "{flips} flips in 40");
-    }
-
-    #[test]
     fn example_rng_is_reproducible_and_distinct() {
         let draw = |seed, step, index| {
             let mut rng = example_rng(seed, step, index);
@@ -726,80 +376,123 @@ mod tests {
         ] {
             assert_ne!(base, other);
         }
-        let image = test_image(32, 32, 4);
-        let a = train_input(&image, 16, &mut example_rng(5, 6, 7));
-        let b = train_input(&image, 16, &mut example_rng(5, 6, 7));
-        let c = train_input(&image, 16, &mut example_rng(5, 6, 8));
-        assert_eq!(a, b);
-        assert_ne!(a, c);
     }
 
     #[test]
-    fn train_batch_is_independent_of_threads() {
+    fn a_training_example_is_the_crop_then_the_flip_of_its_rng() {
         let images: Vec<RgbImage> = (0..5).map(|i| test_image(32 + i, 30, i)).collect();
         let indices = [4, 0, 2, 2, 1, 3, 0];
         let size = 12;
-        let len = indices.len() * 3 * size * size;
-        let run = |threads| {
-            let mut out = vec![0.0; len];
-            let positions = Positions {
-                first_position: 0,
-                seed: 11,
-                step: 5,
-            };
-            train_batch_threads(
+        let example_len = 3 * size * size;
+        let batch = train_batch(
+            &images,
+            &indices,
+            size,
+            MIN_CROP_AREA,
+            &REFERENCE,
+            positions(11, 5, 0),
+        );
+        let mut flips = 0;
+        for (position, &index) in indices.iter().enumerate() {
+            let image = &images[index];
+            let mut rng = example_rng(11, 5, position as u64);
+            let crop = sample_crop(image.width, image.height, MIN_CROP_AREA, &mut rng);
+            let flip = rng.random::<f32>() > 0.5;
+            flips += usize::from(flip);
+            let mut expected = vec![0.0; example_len];
+            resize_crop_into(
+                image,
+                crop,
+                size,
+                flip,
+                &REFERENCE,
+                &mut Vec::new(),
+                &mut expected,
+            );
+            assert_eq!(
+                batch[position * example_len..(position + 1) * example_len],
+                expected,
+                "position {position}"
+            );
+        }
+        assert!((1..indices.len()).contains(&flips), "{flips} flips");
+        // The repeated image 2 gets two different augmentations.
+        assert_ne!(
+            batch[2 * example_len..3 * example_len],
+            batch[3 * example_len..4 * example_len]
+        );
+        // Another step, another batch; a micro-batch starting at position 3 of the
+        // update is the tail of the whole.
+        assert_ne!(
+            train_batch(
                 &images,
                 &indices,
                 size,
                 MIN_CROP_AREA,
-                positions,
-                &mut out,
-                threads,
-            );
-            out
-        };
-        let one = run(1);
-        for threads in [2, 3, 16] {
-            assert_eq!(run(threads), one, "{threads} threads");
-        }
-        assert_eq!(
-            train_batch(&images, &indices, size, MIN_CROP_AREA, 11, 5, 0),
-            one
+                &REFERENCE,
+                positions(11, 6, 0)
+            ),
+            batch
         );
-        // In `indices` order, each from its position's RNG; the repeated
-        // image 2 gets two different augmentations.
-        let example = |pos: usize| &one[pos * 3 * size * size..(pos + 1) * 3 * size * size];
-        for (pos, &index) in indices.iter().enumerate() {
-            let mut rng = example_rng(11, 5, pos as u64);
-            assert_eq!(
-                example(pos),
-                train_input(&images[index], size, &mut rng).data
-            );
-        }
-        assert_ne!(example(2), example(3));
-        assert_ne!(
-            train_batch(&images, &indices, size, MIN_CROP_AREA, 11, 6, 0),
-            one
+        let tail = train_batch(
+            &images,
+            &indices[3..],
+            size,
+            MIN_CROP_AREA,
+            &REFERENCE,
+            positions(11, 5, 3),
         );
-        assert!(train_batch(&images, &[], size, MIN_CROP_AREA, 11, 5, 0).is_empty());
-        // A micro-batch starting at position 3 of the update is the tail of the whole.
-        let tail = train_batch(&images, &indices[3..], size, MIN_CROP_AREA, 11, 5, 3);
-        assert_eq!(tail, one[3 * 3 * size * size..]);
+        assert_eq!(tail, batch[3 * example_len..]);
+        assert!(
+            train_batch(
+                &images,
+                &[],
+                size,
+                MIN_CROP_AREA,
+                &REFERENCE,
+                positions(11, 5, 0)
+            )
+            .is_empty()
+        );
     }
 
     #[test]
-    fn eval_is_resize_and_normalise() {
-        let images = [test_image(32, 32, 5), test_image(17, 23, 6)];
-        for image in &images {
-            for size in [8, 32, 50] {
-                let expected = normalize_to_chw(&resize_bilinear(image, size, size), size, size);
-                assert_eq!(eval_input(image, size), expected, "size {size}");
-            }
+    fn batches_do_not_depend_on_the_number_of_threads() {
+        let images: Vec<RgbImage> = (0..5).map(|i| test_image(32 + i, 30, i)).collect();
+        let indices = [4, 0, 2, 2, 1, 3, 0];
+        let run = |threads| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .expect("pool");
+            pool.install(|| {
+                (
+                    train_batch(
+                        &images,
+                        &indices,
+                        12,
+                        MIN_CROP_AREA,
+                        &REFERENCE,
+                        positions(1, 2, 0),
+                    ),
+                    eval_batch(&images, &indices, 12, &REFERENCE),
+                )
+            })
+        };
+        let one = run(1);
+        for threads in [2, 3, 16] {
+            assert!(run(threads) == one, "{threads} threads");
         }
-        let batch = eval_batch(&images, &[1, 0, 1], 20);
+    }
+
+    #[test]
+    fn eval_is_the_whole_image_resized_and_normalised() {
+        let images = [test_image(32, 32, 5), test_image(17, 23, 6)];
+        let normalization = Normalization::IMAGENET;
+        let batch = eval_batch(&images, &[1, 0, 1], 20, &normalization);
         let expected: Vec<f32> = [1, 0, 1]
             .iter()
-            .flat_map(|&i| eval_input(&images[i], 20).data)
+            .flat_map(|&i| preprocess_rgb(&images[i], 20, &normalization).data)
             .collect();
         assert_eq!(batch, expected);
     }

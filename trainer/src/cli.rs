@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 use serde::{Deserialize, Serialize};
 
+use vit::preprocess::Normalization;
+
 use crate::augment;
 use crate::schedule::Decay;
 
@@ -113,6 +115,58 @@ pub struct CheckpointArgs {
     /// Attention heads, needed for timm files (they do not record it): e.g. 12 for ViT-B.
     #[arg(long, value_name = "N")]
     pub num_heads: Option<usize>,
+    #[command(flatten)]
+    pub normalization: NormalizationArgs,
+}
+
+/// `--image-mean` and `--image-std`: the model's input normalisation, when the
+/// checkpoint does not record it (timm files) or records it wrongly.
+#[derive(Debug, Clone, Default, PartialEq, Args, Serialize, Deserialize)]
+pub struct NormalizationArgs {
+    /// Per-channel mean of the model's inputs, `R,G,B` in [0, 1] (one value for all three
+    /// also works), replacing the checkpoint's: e.g. 0.485,0.456,0.406 for ImageNet-normalised
+    /// models (DeiT, many timm models). Default: the checkpoint's (Hugging Face folders:
+    /// preprocessor_config.json), else 0.5 as Google's ViTs.
+    #[arg(long, value_name = "R,G,B", value_parser = parse_rgb)]
+    #[serde(default)]
+    pub image_mean: Option<[f32; 3]>,
+    /// Per-channel standard deviation, as --image-mean: e.g. 0.229,0.224,0.225 for ImageNet.
+    #[arg(long, value_name = "R,G,B", value_parser = parse_rgb)]
+    #[serde(default)]
+    pub image_std: Option<[f32; 3]>,
+}
+
+impl NormalizationArgs {
+    /// `base` with the given values replaced.
+    pub fn apply(&self, base: Normalization) -> Normalization {
+        Normalization {
+            mean: self.image_mean.unwrap_or(base.mean),
+            std: self.image_std.unwrap_or(base.std),
+        }
+    }
+}
+
+/// `R,G,B` or a single value for all three channels.
+fn parse_rgb(text: &str) -> Result<[f32; 3], String> {
+    let values = text
+        .split(',')
+        .map(|part| part.trim().parse::<f32>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| format!("expected three numbers R,G,B (or one), not `{text}`"))?;
+    let rgb = match values[..] {
+        [value] => [value; 3],
+        [r, g, b] => [r, g, b],
+        _ => {
+            return Err(format!(
+                "expected three numbers R,G,B (or one), not `{text}`"
+            ));
+        }
+    };
+    if rgb.iter().all(|value| value.is_finite()) {
+        Ok(rgb)
+    } else {
+        Err(format!("`{text}` is not finite"))
+    }
 }
 
 #[derive(Debug, Args)]
@@ -192,6 +246,13 @@ pub struct TrainArgs {
     /// pretrained checkpoint's architecture.
     #[arg(long)]
     pub model: Option<String>,
+    /// The pre-logits layer (Dense + tanh before the head) of the fine-tuned model: `none`
+    /// drops the pretrained one (the reference's "drop-head variant", what its fine-tuning
+    /// configs do), `keep` keeps the pretrained one, `N` asks for one of size N. Default:
+    /// `none`, or the value of the --model preset or file when one is given.
+    #[arg(long, value_name = "none|keep|N")]
+    #[serde(default)]
+    pub representation_size: Option<RepresentationSize>,
     /// Pretrained weights: a local file or folder, `gs://BUCKET/PATH`, `hf:ORG/NAME`,
     /// an https URL, or `none` to train from scratch.
     #[arg(long, default_value = crate::pretrained::DEFAULT)]
@@ -230,6 +291,9 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = augment::MIN_CROP_AREA)]
     #[serde(default = "reference_min_crop_area")]
     pub min_crop_area: f32,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub normalization: NormalizationArgs,
     /// Dropout rate (default: the model's; 0 for B/16).
     #[arg(long)]
     pub dropout: Option<f64>,
@@ -272,6 +336,59 @@ pub struct TrainArgs {
     /// CPU threads for the model (burn-flex) and the input pipeline (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
+}
+
+/// `--representation-size`: what fine-tuning does with the pre-logits layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "String", try_from = "String")]
+pub enum RepresentationSize {
+    /// No pre-logits layer: the pretrained one is dropped.
+    None,
+    /// The pretrained checkpoint's own (none if it has none).
+    Keep,
+    /// A pre-logits layer of this size (the pretrained one, which must have it).
+    Size(usize),
+}
+
+impl std::str::FromStr for RepresentationSize {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "none" => Ok(Self::None),
+            "keep" => Ok(Self::Keep),
+            _ => match text.parse::<usize>() {
+                Ok(size) if size > 0 => Ok(Self::Size(size)),
+                _ => Err(format!(
+                    "expected `none`, `keep` or a positive size, not `{text}`"
+                )),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for RepresentationSize {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::None => f.write_str("none"),
+            Self::Keep => f.write_str("keep"),
+            Self::Size(size) => write!(f, "{size}"),
+        }
+    }
+}
+
+impl From<RepresentationSize> for String {
+    fn from(value: RepresentationSize) -> Self {
+        value.to_string()
+    }
+}
+
+impl TryFrom<String> for RepresentationSize {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        text.parse()
+    }
 }
 
 /// For runs saved before `--min-crop-area` existed.

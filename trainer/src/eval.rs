@@ -8,10 +8,11 @@ use anyhow::{Context, Result, bail, ensure};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use indicatif::ProgressBar;
 use serde_json::json;
-use vit::{LoadOptions, VisionTransformer};
+use vit::VisionTransformer;
 
 use crate::cli::EvalArgs;
 use crate::data::{Dataset, Source};
+use crate::predict::load_checkpoint;
 use crate::{augment, device, plot, progress};
 
 /// Predicted class of every image, in data set order; `bar` advances per image.
@@ -26,7 +27,8 @@ pub fn predict_all(
     let indices: Vec<usize> = (0..data.images.len()).collect();
     let mut predictions = Vec::with_capacity(indices.len());
     for chunk in indices.chunks(batch.max(1)) {
-        let pixels = augment::eval_batch(&data.images, chunk, size);
+        let normalization = &model.config().normalization;
+        let pixels = augment::eval_batch(&data.images, chunk, size, normalization);
         let images = Tensor::<4>::from_data(
             TensorData::new(pixels, [chunk.len(), 3, size, size]),
             device,
@@ -112,17 +114,13 @@ fn class_mapping(model_labels: &[String], data_classes: &[String]) -> Result<Vec
 pub fn run(args: &EvalArgs) -> Result<()> {
     device::configure_threads(args.threads)?;
     let device = device::parse(&args.device)?;
-    let options = LoadOptions {
-        num_heads: args.checkpoint.num_heads,
-    };
     let path = &args.checkpoint.checkpoint;
-    let mut checkpoint = vit::checkpoint::load(path, &options)
-        .with_context(|| format!("cannot load {}", path.display()))?;
+    let mut checkpoint = load_checkpoint(&args.checkpoint)?;
     if let Some(size) = args.resolution {
         checkpoint = checkpoint.at_resolution(size)?;
     }
     let model_labels = checkpoint.label_names();
-    let model = checkpoint.build(&device)?;
+    let model = checkpoint.into_model(&device)?;
     let source = Source {
         dataset: args.dataset.clone(),
         cache_dir: args

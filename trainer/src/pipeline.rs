@@ -7,7 +7,9 @@ use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
 use rand::RngExt;
 
-use crate::augment;
+use vit::preprocess::Normalization;
+
+use crate::augment::{self, Positions};
 use crate::data::Dataset;
 
 /// One micro-batch, ready for the device: `[len, 3, size, size]` pixels.
@@ -29,6 +31,8 @@ pub struct Plan {
     pub size: usize,
     /// The smallest random crop, as a fraction of the image area.
     pub min_crop_area: f32,
+    /// The model's input normalisation.
+    pub normalization: Normalization,
 }
 
 /// How many micro-batches the worker prepares ahead of the one in use.
@@ -60,14 +64,18 @@ fn produce(data: &Dataset, plan: Plan, steps: Range<usize>, sender: &SyncSender<
             .map(|j| example_at(step * plan.batch + j, count, plan.seed, &mut order))
             .collect();
         for (part, micro) in indices.chunks(plan.micro_batch).enumerate() {
+            let positions = Positions {
+                seed: plan.seed,
+                step: step as u64,
+                first: part * plan.micro_batch,
+            };
             let pixels = augment::train_batch(
                 &data.images,
                 micro,
                 plan.size,
                 plan.min_crop_area,
-                plan.seed,
-                step as u64,
-                part * plan.micro_batch,
+                &plan.normalization,
+                positions,
             );
             let targets = micro.iter().map(|&i| data.labels[i]).collect();
             let batch = MicroBatch {
@@ -165,6 +173,7 @@ mod tests {
             seed: 9,
             size: 4,
             min_crop_area: augment::MIN_CROP_AREA,
+            normalization: Normalization::REFERENCE,
         };
         let whole = collect(&data, plan, 0..5);
         assert_eq!(whole.len(), 10);
@@ -199,6 +208,7 @@ mod tests {
             seed: 0,
             size: 4,
             min_crop_area: augment::MIN_CROP_AREA,
+            normalization: Normalization::REFERENCE,
         };
         let first = with_batches(&data, plan, 0..1_000_000, |batches| {
             batches.recv().expect("one batch").targets

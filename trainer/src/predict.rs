@@ -4,6 +4,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use serde_json::json;
+use vit::checkpoint::Format;
 use vit::prediction::{self, Ranked};
 use vit::preprocess;
 use vit::{Checkpoint, LoadOptions};
@@ -19,8 +20,22 @@ pub fn load_checkpoint(args: &CheckpointArgs) -> Result<Checkpoint> {
     let options = LoadOptions {
         num_heads: args.num_heads,
     };
-    let checkpoint = vit::checkpoint::load(&args.checkpoint, &options)
+    let mut checkpoint = vit::checkpoint::load(&args.checkpoint, &options)
         .with_context(|| format!("cannot load checkpoint {}", args.checkpoint.display()))?;
+    let config = &mut checkpoint.config;
+    config.normalization = args.normalization.apply(config.normalization);
+    config
+        .validate()
+        .context("invalid --image-mean or --image-std")?;
+    let given = &args.normalization;
+    if checkpoint.format == Format::Timm && given.image_mean.is_none() && given.image_std.is_none()
+    {
+        eprintln!(
+            "note: timm files do not record how images are normalised; using mean 0.5 and std 0.5 \
+             (Google's ViTs). Give --image-mean 0.485,0.456,0.406 --image-std 0.229,0.224,0.225 \
+             for ImageNet-normalised models such as DeiT"
+        );
+    }
     if !checkpoint.unexpected.is_empty() {
         eprintln!(
             "note: {} unused entries in {} (e.g. {})",
@@ -40,15 +55,15 @@ pub fn run(args: &PredictArgs) -> Result<()> {
             .at_resolution(size)
             .with_context(|| format!("cannot run the model at {size} px"))?;
     }
-    let model = checkpoint
-        .build(&device)
-        .context("cannot build the model")?;
     let labels = checkpoint.label_names();
-    let size = checkpoint.config.image_size;
+    let config = checkpoint.config.clone();
+    let model = checkpoint
+        .into_model(&device)
+        .context("cannot build the model")?;
     for paths in args.images.chunks(BATCH) {
         let inputs = paths
             .iter()
-            .map(|path| read_image(path, size))
+            .map(|path| read_image(path, config.image_size, &config.normalization))
             .collect::<Result<Vec<_>>>()?;
         let all_logits = prediction::logits(&model, &inputs, &device);
         for (path, logits) in paths.iter().zip(all_logits) {
@@ -70,10 +85,14 @@ pub fn run(args: &PredictArgs) -> Result<()> {
     Ok(())
 }
 
-fn read_image(path: &Path, size: usize) -> Result<preprocess::ModelInput> {
+fn read_image(
+    path: &Path,
+    size: usize,
+    normalization: &preprocess::Normalization,
+) -> Result<preprocess::ModelInput> {
     let bytes =
         std::fs::read(path).with_context(|| format!("cannot read image {}", path.display()))?;
-    preprocess::preprocess(&bytes, size)
+    preprocess::preprocess(&bytes, size, normalization)
         .with_context(|| format!("cannot use image {}", path.display()))
 }
 

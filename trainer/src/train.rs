@@ -16,7 +16,7 @@ use indicatif::ProgressBar;
 use serde_json::json;
 use vit::{Checkpoint, SaveOptions, ViTConfig, VisionTransformer};
 
-use crate::cli::TrainArgs;
+use crate::cli::{RepresentationSize, TrainArgs};
 use crate::data::{Dataset, Source, Splits};
 use crate::metrics::Metrics;
 use crate::optimizer::Sgd;
@@ -143,10 +143,13 @@ pub fn run(args: &TrainArgs, explicit: &[String]) -> Result<Completion> {
     };
     let config = start.model.config();
     eprintln!(
-        "model: {} parameters, {} px, {} classes; the first loss of a zero head is ln({}) = {:.6}",
+        "model: {} parameters, {} px, {} classes, inputs normalised with mean {:?} and std {:?}; \
+         the first loss of a zero head is ln({}) = {:.6}",
         config.num_params(),
         config.image_size,
         config.num_classes,
+        config.normalization.mean,
+        config.normalization.std,
         config.num_classes,
         (config.num_classes as f64).ln()
     );
@@ -318,25 +321,71 @@ fn initial_model(
     device: &Device,
 ) -> Result<VisionTransformer> {
     let pretrained = pretrained::load(&args.pretrained, &args.cache_dir())?;
-    let target = match (&args.model, &pretrained) {
+    let mut target = match (&args.model, &pretrained) {
         (Some(model), _) => model_config(model)?,
-        (None, Some(checkpoint)) => checkpoint.config.clone(),
+        // The reference's fine-tuning configs have no pre-logits layer, whatever
+        // the pretrained model had (`representation_size = None`).
+        (None, Some(checkpoint)) => ViTConfig {
+            representation_size: None,
+            ..checkpoint.config.clone()
+        },
         (None, None) => {
             bail!("--pretrained none needs --model (a preset like B/16 or a JSON config file)")
         }
     }
     .with_num_classes(num_classes)
     .with_image_size(args.resolution);
-    let mut target = target;
     target.dropout = args.dropout.unwrap_or(target.dropout);
+    // The pretrained weights expect their own input normalisation.
+    let normalization = pretrained
+        .as_ref()
+        .map_or(target.normalization, |checkpoint| {
+            checkpoint.config.normalization
+        });
+    target.normalization = args.normalization.apply(normalization);
+    if let Some(choice) = args.representation_size {
+        target.representation_size = match choice {
+            RepresentationSize::None => None,
+            RepresentationSize::Keep => pretrained
+                .as_ref()
+                .map_or(target.representation_size, |checkpoint| {
+                    checkpoint.config.representation_size
+                }),
+            RepresentationSize::Size(size) => Some(size),
+        };
+    }
     match pretrained {
         Some(checkpoint) => {
+            let variant = head_variant(&checkpoint.config, &target);
             let adapted = checkpoint
                 .for_finetuning(&target)
                 .context("the pretrained checkpoint does not fit the model")?;
+            eprintln!("head: {variant}");
             Ok(adapted.build(device)?)
         }
         None => Ok(VisionTransformer::new(&target, device)?),
+    }
+}
+
+/// Which of the reference's fine-tuning head variants a run uses, in words.
+fn head_variant(pretrained: &ViTConfig, target: &ViTConfig) -> String {
+    let head = format!("a zero-initialised head for {} classes", target.num_classes);
+    match (pretrained.representation_size, target.representation_size) {
+        (Some(size), None) => format!(
+            "drop-head variant, as the reference fine-tunes: the pretrained pre-logits layer \
+             (size {size}) is dropped and {head} reads the {}-wide representation \
+             (--representation-size keep keeps the layer)",
+            target.hidden_size
+        ),
+        (Some(size), Some(_)) => format!(
+            "the pretrained pre-logits layer (size {size}, tanh) is kept, with {head} \
+             (the reference drops it unless representation_size is set; \
+             --representation-size none drops it)"
+        ),
+        (None, _) => format!(
+            "{head} on the {}-wide representation (the checkpoint has no pre-logits layer)",
+            target.hidden_size
+        ),
     }
 }
 
@@ -407,6 +456,7 @@ impl Run<'_> {
             seed: args.seed,
             size: model.config().image_size,
             min_crop_area: args.min_crop_area,
+            normalization: model.config().normalization,
         };
         let bar = progress::training(args.steps, first);
         let mut last_checkpoint = (first > 0).then_some(first);

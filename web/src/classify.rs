@@ -101,7 +101,7 @@ impl LoadedModel {
     /// model, and returns the top classes and the class-token rollout.
     pub fn classify(&self, image: &[u8]) -> Result<Outcome, ClassifyError> {
         let config = self.config();
-        let input = image_input::to_model_input(image, config.image_size)?;
+        let input = image_input::to_model_input(image, config.image_size, &config.normalization)?;
         let batch = prediction::batch(&[input], &self.device);
         let output = self.model.forward_with_attention(batch);
         let logits = read_f32(output.logits)?;
@@ -159,6 +159,8 @@ mod tests {
             mlp_dim: 16,
             num_heads: 2,
             num_layers: 2,
+            // Not the default, so that the tests see the model's own normalisation used.
+            normalization: vit::preprocess::Normalization::IMAGENET,
             ..ViTConfig::preset("Ti/16").unwrap()
         }
         .with_num_classes(6);
@@ -199,7 +201,12 @@ mod tests {
         // What `trainer predict` computes: preprocess, logits, softmax, top-k.
         let checkpoint = vit::checkpoint::from_hf_bytes(&config, &weights).unwrap();
         let model = checkpoint.build(&device).unwrap();
-        let input = vit::preprocess::preprocess(&png(), 8).unwrap();
+        assert_eq!(
+            checkpoint.config.normalization,
+            vit::preprocess::Normalization::IMAGENET
+        );
+        let input =
+            vit::preprocess::preprocess(&png(), 8, &checkpoint.config.normalization).unwrap();
         let logits = &prediction::logits(&model, &[input], &device)[0];
         let expected = prediction::top_k(
             &prediction::softmax(logits),

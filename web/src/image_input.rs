@@ -8,7 +8,7 @@
 use std::io::Cursor;
 
 use image::ImageReader;
-use vit::preprocess::{self, ModelInput, PreprocessError};
+use vit::preprocess::{self, ModelInput, Normalization, PreprocessError};
 
 /// Largest file the page reads (bytes).
 pub const MAX_FILE_BYTES: usize = 64 << 20;
@@ -62,7 +62,11 @@ pub fn header_dimensions(bytes: &[u8]) -> Result<(u32, u32), InputError> {
 }
 
 /// Refuses images above [`MAX_PIXELS`], then preprocesses exactly as `trainer predict` does.
-pub fn to_model_input(bytes: &[u8], image_size: usize) -> Result<ModelInput, InputError> {
+pub fn to_model_input(
+    bytes: &[u8],
+    image_size: usize,
+    normalization: &Normalization,
+) -> Result<ModelInput, InputError> {
     let (width, height) = header_dimensions(bytes)?;
     let pixels = u64::from(width) * u64::from(height);
     if pixels > MAX_PIXELS {
@@ -72,7 +76,7 @@ pub fn to_model_input(bytes: &[u8], image_size: usize) -> Result<ModelInput, Inp
             megapixels: pixels as f64 / 1e6,
         });
     }
-    Ok(preprocess::preprocess(bytes, image_size)?)
+    Ok(preprocess::preprocess(bytes, image_size, normalization)?)
 }
 
 #[cfg(test)]
@@ -118,13 +122,21 @@ mod tests {
     #[test]
     fn small_image_is_preprocessed_like_the_model_crate() {
         let bytes = png(7, 5);
-        let input = to_model_input(&bytes, 8).unwrap();
-        assert_eq!(input, preprocess::preprocess(&bytes, 8).unwrap());
+        let input = to_model_input(&bytes, 8, &Normalization::IMAGENET).unwrap();
+        assert_eq!(
+            input,
+            preprocess::preprocess(&bytes, 8, &Normalization::IMAGENET).unwrap()
+        );
     }
 
     #[test]
     fn huge_image_is_refused_from_its_header() {
-        let error = to_model_input(&png_header_only(10_000, 10_000), 32).unwrap_err();
+        let error = to_model_input(
+            &png_header_only(10_000, 10_000),
+            32,
+            &Normalization::REFERENCE,
+        )
+        .unwrap_err();
         assert!(matches!(
             error,
             InputError::TooManyPixels {
@@ -138,13 +150,17 @@ mod tests {
 
     #[test]
     fn text_empty_and_corrupt_files_have_clear_errors() {
-        let text = to_model_input(b"hello, this is text\n", 32).unwrap_err();
+        let text =
+            to_model_input(b"hello, this is text\n", 32, &Normalization::REFERENCE).unwrap_err();
         assert!(matches!(text, InputError::NotAnImage), "{text}");
         assert!(text.to_string().contains("not an image"));
-        assert!(matches!(to_model_input(b"", 32), Err(InputError::Empty)));
+        assert!(matches!(
+            to_model_input(b"", 32, &Normalization::REFERENCE),
+            Err(InputError::Empty)
+        ));
         let mut truncated = png(16, 16);
         truncated.truncate(60);
-        let error = to_model_input(&truncated, 32).unwrap_err();
+        let error = to_model_input(&truncated, 32, &Normalization::REFERENCE).unwrap_err();
         assert!(
             matches!(error, InputError::Preprocess(_) | InputError::BadHeader(_)),
             "{error}"

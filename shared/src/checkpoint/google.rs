@@ -4,6 +4,7 @@
 use super::CheckpointError;
 use super::params::{self, Params};
 use crate::config::{Activation, Classifier, ViTConfig};
+use crate::preprocess::Normalization;
 
 /// Prefixes some published files put before the parameter names.
 const PREFIXES: &[&str] = &["opt/target/", "params/"];
@@ -119,6 +120,7 @@ pub fn infer_config(params: &Params) -> Result<ViTConfig, CheckpointError> {
         attention_dropout: 0.0,
         layer_norm_eps: 1e-6,
         activation: Activation::GeluTanh,
+        normalization: Normalization::REFERENCE,
     };
     config.validate()?;
     Ok(config)

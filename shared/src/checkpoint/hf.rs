@@ -7,6 +7,7 @@ use super::CheckpointError;
 use super::params;
 use super::torch_layout::{Entry, Transform};
 use crate::config::{Activation, Classifier, ViTConfig};
+use crate::preprocess::Normalization;
 
 /// Our own description of the model, kept in config.json beside the HF fields so
 /// that models HF's layout cannot express (gap, pre-logits) still load exactly.
@@ -208,6 +209,7 @@ pub fn read_config(
             .and_then(Value::as_f64)
             .unwrap_or(1e-12),
         activation,
+        normalization: Normalization::REFERENCE,
     };
     config.validate()?;
     Ok(config)
@@ -282,4 +284,80 @@ pub fn write_config(config: &ViTConfig, labels: &[String], description: Option<&
         fields[DESCRIPTION_FIELD] = json!(description);
     }
     fields
+}
+
+/// Hugging Face's image-processor file beside config.json: how images are
+/// resized and normalised for the model.
+pub const PREPROCESSOR_FILE: &str = "preprocessor_config.json";
+
+/// The normalisation a `preprocessor_config.json` describes, in our terms
+/// (`(x / 255 − mean) / std`): `image_mean` / `image_std` (default 0.5, as
+/// `ViTImageProcessor`), with `do_normalize`, `do_rescale` and `rescale_factor`
+/// folded in. The resize size is the model's `image_size`.
+pub fn read_preprocessor(json: &Value) -> Result<Normalization, CheckpointError> {
+    let invalid =
+        |message: String| CheckpointError::Json(format!("{PREPROCESSOR_FILE}: {message}"));
+    let flag = |key: &str| json.get(key).and_then(Value::as_bool).unwrap_or(true);
+    let channels = |key: &str| -> Result<[f32; 3], CheckpointError> {
+        match json.get(key) {
+            None | Some(Value::Null) => Ok([0.5; 3]),
+            Some(Value::Number(number)) => Ok([number.as_f64().unwrap_or(f64::NAN) as f32; 3]),
+            Some(Value::Array(values)) if values.len() == 3 => {
+                let mut out = [0.0; 3];
+                for (slot, value) in out.iter_mut().zip(values) {
+                    *slot = value
+                        .as_f64()
+                        .ok_or_else(|| invalid(format!("`{key}` holds {value}, not a number")))?
+                        as f32;
+                }
+                Ok(out)
+            }
+            Some(other) => Err(invalid(format!(
+                "`{key}` is {other}; expected three numbers (R, G, B)"
+            ))),
+        }
+    };
+    let (mean, std) = if flag("do_normalize") {
+        (channels("image_mean")?, channels("image_std")?)
+    } else {
+        ([0.0; 3], [1.0; 3])
+    };
+    let rescale = if flag("do_rescale") {
+        json.get("rescale_factor")
+            .and_then(Value::as_f64)
+            .unwrap_or(1.0 / 255.0)
+    } else {
+        1.0
+    };
+    // `(x·r − m) / s` is `(x/255 − m/(255·r)) / (s/(255·r))`.
+    let to_ours = (255.0 * rescale) as f32;
+    let normalization = Normalization {
+        mean: mean.map(|m| m / to_ours),
+        std: std.map(|s| s / to_ours),
+    };
+    if !normalization.is_valid() {
+        return Err(invalid(format!(
+            "mean {:?} and standard deviation {:?} cannot normalise images",
+            normalization.mean, normalization.std
+        )));
+    }
+    Ok(normalization)
+}
+
+/// `preprocessor_config.json` for an exported model, as `ViTImageProcessor`
+/// reads it, so that `transformers`' `pipeline("image-classification")`
+/// normalises as we do.
+pub fn write_preprocessor(config: &ViTConfig) -> Value {
+    json!({
+        "image_processor_type": "ViTImageProcessor",
+        "do_resize": true,
+        "size": {"height": config.image_size, "width": config.image_size},
+        // PIL's BILINEAR.
+        "resample": 2,
+        "do_rescale": true,
+        "rescale_factor": 1.0 / 255.0,
+        "do_normalize": true,
+        "image_mean": config.normalization.mean,
+        "image_std": config.normalization.std,
+    })
 }

@@ -16,7 +16,6 @@ pub mod timm;
 pub mod torch_layout;
 pub mod weights;
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::io::{BufReader, Cursor};
 use std::path::{Path, PathBuf};
@@ -28,6 +27,7 @@ pub use params::{Array, Params};
 
 use crate::config::{ConfigError, ViTConfig};
 use crate::model::VisionTransformer;
+use safetensors_io::Tensors;
 
 /// What can go wrong reading or writing a checkpoint.
 #[derive(Debug, thiserror::Error)]
@@ -83,7 +83,7 @@ pub enum Format {
     Timm,
 }
 
-/// What the file cannot tell by itself.
+/// What the files cannot tell by themselves.
 #[derive(Debug, Clone, Default)]
 pub struct LoadOptions {
     /// Attention heads, for timm files (they do not record it).
@@ -115,34 +115,46 @@ pub struct SaveOptions {
 
 pub const CONFIG_FILE: &str = "config.json";
 pub const WEIGHTS_FILE: &str = "model.safetensors";
+/// How Hugging Face names the list of shards of a model saved in parts.
+pub const WEIGHTS_INDEX_FILE: &str = "model.safetensors.index.json";
 
 /// Reads a checkpoint: a Google `.npz`, a timm or HF `.safetensors` file, or a
-/// folder with `config.json` + `model.safetensors` (HF, or our export).
+/// folder with `config.json` + `model.safetensors` (HF, or our export; the weights
+/// may be sharded, and `preprocessor_config.json` gives the normalisation).
+///
+/// Weights are converted one tensor at a time from the file's bytes, which are
+/// freed before the model is built. Files that do not record the normalisation
+/// (timm's, Google's) get the reference's; set `config.normalization` to change it.
 pub fn load(path: &Path, options: &LoadOptions) -> Result<Checkpoint, CheckpointError> {
+    if path.is_dir() {
+        load_hf_folder(path)
+    } else {
+        load_file(path, options)
+    }
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, CheckpointError> {
+    fs::read(path).map_err(|source| CheckpointError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn load_file(path: &Path, options: &LoadOptions) -> Result<Checkpoint, CheckpointError> {
     let io = |source| CheckpointError::Io {
         path: path.to_path_buf(),
         source,
     };
-    if path.is_dir() {
-        let config = fs::read(path.join(CONFIG_FILE)).map_err(|source| CheckpointError::Io {
-            path: path.join(CONFIG_FILE),
-            source,
-        })?;
-        let weights = fs::read(path.join(WEIGHTS_FILE)).map_err(|source| CheckpointError::Io {
-            path: path.join(WEIGHTS_FILE),
-            source,
-        })?;
-        return from_hf_bytes(&config, &weights);
-    }
     let file = fs::File::open(path).map_err(io)?;
     let mut magic = [0u8; 4];
     let head_len = std::io::Read::read(&mut &file, &mut magic).map_err(io)?;
     if head_len == 4 && magic == *b"PK\x03\x04" {
-        let arrays = npz::read_npz(BufReader::new(fs::File::open(path).map_err(io)?))?;
+        let arrays = npz::read_npz(BufReader::new(file))?;
         return from_npz_arrays(arrays);
     }
-    let bytes = fs::read(path).map_err(io)?;
-    let tensors = safetensors_io::read(&bytes).map_err(|error| match error {
+    drop(file);
+    let bytes = read(path)?;
+    let tensors = Tensors::parse(&[&bytes]).map_err(|error| match error {
         CheckpointError::Safetensors(message) => CheckpointError::UnknownFormat {
             path: path.to_path_buf(),
             message: format!(
@@ -152,28 +164,97 @@ pub fn load(path: &Path, options: &LoadOptions) -> Result<Checkpoint, Checkpoint
         },
         other => other,
     })?;
-    if tensors.contains_key("patch_embed.proj.weight") {
-        return from_timm_tensors(tensors, options);
+    if tensors.contains("patch_embed.proj.weight") {
+        return from_timm_tensors(&tensors, options);
     }
-    let config_path = path.with_file_name(CONFIG_FILE);
     if tensors
-        .keys()
+        .names()
         .any(|key| key.contains("embeddings.patch_embeddings"))
     {
-        let config = fs::read(&config_path).map_err(|source| CheckpointError::Io {
-            path: config_path.clone(),
-            source,
-        })?;
-        return from_hf_parts(&config, tensors);
+        let mut checkpoint = from_hf_parts(&read(&path.with_file_name(CONFIG_FILE))?, &tensors)?;
+        drop(tensors);
+        drop(bytes);
+        read_preprocessor_beside(path.parent().unwrap_or(Path::new(".")), &mut checkpoint)?;
+        return Ok(checkpoint);
     }
     Err(CheckpointError::UnknownFormat {
         path: path.to_path_buf(),
         message: format!(
             "safetensors file with neither timm (`patch_embed.proj.weight`) nor Hugging Face \
              (`embeddings.patch_embeddings...`) names; first names: {}",
-            list(&tensors.keys().cloned().collect::<Vec<_>>())
+            list(&tensors.names().map(str::to_string).collect::<Vec<_>>())
         ),
     })
+}
+
+/// A folder with config.json and model.safetensors, or the shards that
+/// model.safetensors.index.json lists.
+fn load_hf_folder(dir: &Path) -> Result<Checkpoint, CheckpointError> {
+    let config = read(&dir.join(CONFIG_FILE))?;
+    let single = dir.join(WEIGHTS_FILE);
+    let index = dir.join(WEIGHTS_INDEX_FILE);
+    let shard_files = if !single.exists() && index.exists() {
+        shard_names(&read(&index)?)?
+            .into_iter()
+            .map(|name| dir.join(name))
+            .collect()
+    } else {
+        vec![single]
+    };
+    let shards = shard_files
+        .iter()
+        .map(|path| read(path))
+        .collect::<Result<Vec<_>, _>>()?;
+    let slices: Vec<&[u8]> = shards.iter().map(Vec::as_slice).collect();
+    let mut checkpoint = from_hf_parts(&config, &Tensors::parse(&slices)?)?;
+    drop(shards);
+    read_preprocessor_beside(dir, &mut checkpoint)?;
+    Ok(checkpoint)
+}
+
+/// The shard files a `model.safetensors.index.json` names (its `weight_map`
+/// values), each once, in order.
+pub fn shard_names(index_json: &[u8]) -> Result<Vec<String>, CheckpointError> {
+    let invalid =
+        |message: String| CheckpointError::Json(format!("{WEIGHTS_INDEX_FILE}: {message}"));
+    let json: serde_json::Value =
+        serde_json::from_slice(index_json).map_err(|error| invalid(error.to_string()))?;
+    let map = json
+        .get("weight_map")
+        .and_then(serde_json::Value::as_object)
+        .ok_or_else(|| invalid("no `weight_map` object".into()))?;
+    let mut names: Vec<String> = Vec::new();
+    for file in map.values() {
+        let file = file
+            .as_str()
+            .ok_or_else(|| invalid(format!("shard {file} is not a file name")))?;
+        // Shards sit beside the index: no folders, so a file cannot point elsewhere.
+        if file.is_empty() || file.contains(['/', '\\']) || file == ".." || file == "." {
+            return Err(invalid(format!("`{file}` is not a plain file name")));
+        }
+        if !names.iter().any(|name| name == file) {
+            names.push(file.to_string());
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+/// Applies `dir/preprocessor_config.json`, when there is one.
+fn read_preprocessor_beside(
+    dir: &Path,
+    checkpoint: &mut Checkpoint,
+) -> Result<(), CheckpointError> {
+    let path = dir.join(hf::PREPROCESSOR_FILE);
+    let bytes = match fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => return Err(CheckpointError::Io { path, source }),
+    };
+    let json: serde_json::Value = serde_json::from_slice(&bytes)
+        .map_err(|error| CheckpointError::Json(format!("{}: {error}", path.display())))?;
+    checkpoint.config.normalization = hf::read_preprocessor(&json)?;
+    Ok(())
 }
 
 /// A Google `.npz` held in memory.
@@ -198,25 +279,21 @@ fn from_npz_arrays(arrays: Vec<(String, Array)>) -> Result<Checkpoint, Checkpoin
 
 /// An HF folder (or our export) held in memory: config.json and model.safetensors bytes.
 pub fn from_hf_bytes(config_json: &[u8], weights: &[u8]) -> Result<Checkpoint, CheckpointError> {
-    from_hf_parts(config_json, safetensors_io::read(weights)?)
+    from_hf_parts(config_json, &Tensors::parse(&[weights])?)
 }
 
-fn from_hf_parts(
-    config_json: &[u8],
-    tensors: BTreeMap<String, Array>,
-) -> Result<Checkpoint, CheckpointError> {
+fn from_hf_parts(config_json: &[u8], tensors: &Tensors) -> Result<Checkpoint, CheckpointError> {
     let json: serde_json::Value = serde_json::from_slice(config_json)
         .map_err(|error| CheckpointError::Json(error.to_string()))?;
-    let prefix = if tensors.keys().any(|key| key.starts_with("vit.")) {
+    let prefix = if tensors.names().any(|key| key.starts_with("vit.")) {
         "vit."
     } else {
         ""
     };
-    let tensor_len = |key: &str| tensors.get(key).map(|array| array.data.len());
-    let config = hf::read_config(&json, tensor_len, prefix)?;
+    let config = hf::read_config(&json, |key| tensors.len(key), prefix)?;
     let expected = params::expected_shapes(&config);
     let (params, unexpected) =
-        torch_layout::import(&hf::entries(&config, prefix), &expected, &tensors)?;
+        torch_layout::import(&hf::entries(&config, prefix), &expected, tensors)?;
     let labels = hf::read_labels(&json, config.num_classes);
     Ok(Checkpoint {
         config,
@@ -229,12 +306,12 @@ fn from_hf_parts(
 }
 
 fn from_timm_tensors(
-    tensors: BTreeMap<String, Array>,
+    tensors: &Tensors,
     options: &LoadOptions,
 ) -> Result<Checkpoint, CheckpointError> {
-    let config = timm::infer_config(&tensors, options.num_heads)?;
+    let config = timm::infer_config(tensors, options.num_heads)?;
     let expected = params::expected_shapes(&config);
-    let (params, unexpected) = torch_layout::import(&timm::entries(&config), &expected, &tensors)?;
+    let (params, unexpected) = torch_layout::import(&timm::entries(&config), &expected, tensors)?;
     Ok(Checkpoint {
         config,
         params,
@@ -258,9 +335,14 @@ impl Checkpoint {
         }
     }
 
-    /// Builds the model on `device`.
+    /// Builds the model on `device`, keeping the checkpoint (its weights are copied).
     pub fn build(&self, device: &Device) -> Result<VisionTransformer, CheckpointError> {
-        weights::build_model(&self.config, &self.params, device)
+        weights::build_model(&self.config, self.params.clone(), device)
+    }
+
+    /// Builds the model on `device`, moving the weights into it.
+    pub fn into_model(self, device: &Device) -> Result<VisionTransformer, CheckpointError> {
+        weights::build_model(&self.config, self.params, device)
     }
 
     /// Class names, from the checkpoint or else the class indices.
@@ -288,16 +370,20 @@ impl Checkpoint {
         Ok((config, weights))
     }
 
-    /// Writes `dir/config.json` and `dir/model.safetensors` (Hugging Face
-    /// `ViTForImageClassification` layout where it can express the model).
-    /// Files appear complete or not at all.
+    /// Writes `dir/config.json`, `dir/model.safetensors` (Hugging Face
+    /// `ViTForImageClassification` layout where it can express the model) and
+    /// `dir/preprocessor_config.json` (the normalisation, for `transformers`'
+    /// pipelines). Files appear complete or not at all.
     pub fn save(&self, dir: &Path, options: SaveOptions) -> Result<(), CheckpointError> {
         let (config, weights) = self.to_hf_bytes(options)?;
+        let preprocessor = serde_json::to_vec_pretty(&hf::write_preprocessor(&self.config))
+            .map_err(|error| CheckpointError::Json(error.to_string()))?;
         fs::create_dir_all(dir).map_err(|source| CheckpointError::Io {
             path: dir.to_path_buf(),
             source,
         })?;
         write_atomically(&dir.join(WEIGHTS_FILE), &weights)?;
+        write_atomically(&dir.join(hf::PREPROCESSOR_FILE), &preprocessor)?;
         write_atomically(&dir.join(CONFIG_FILE), &config)
     }
 }

@@ -7,12 +7,67 @@ use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use super::CheckpointError;
 use super::params::Array;
 
-/// Reads every tensor as f32 (float32, float16 and bfloat16 are accepted).
-pub fn read(bytes: &[u8]) -> Result<BTreeMap<String, Array>, CheckpointError> {
-    let file = SafeTensors::deserialize(bytes)
-        .map_err(|error| CheckpointError::Safetensors(error.to_string()))?;
-    let mut tensors = BTreeMap::new();
-    for (name, view) in file.iter() {
+/// The tensors of one or more safetensors files (the shards of one model), read in
+/// place: each is converted to f32 only when asked for, so loading holds the file
+/// bytes and the converted parameters, never a second converted copy.
+pub struct Tensors<'a> {
+    /// Every tensor's name, with the shard that holds it.
+    index: BTreeMap<String, usize>,
+    shards: Vec<SafeTensors<'a>>,
+}
+
+impl<'a> Tensors<'a> {
+    /// Parses the headers of `shards`; a name in two shards is an error.
+    pub fn parse(shards: &[&'a [u8]]) -> Result<Self, CheckpointError> {
+        let mut index = BTreeMap::new();
+        let mut parsed = Vec::with_capacity(shards.len());
+        for (shard, bytes) in shards.iter().enumerate() {
+            let file = SafeTensors::deserialize(bytes)
+                .map_err(|error| CheckpointError::Safetensors(error.to_string()))?;
+            for name in file.names() {
+                if index.insert(name.to_string(), shard).is_some() {
+                    return Err(CheckpointError::Safetensors(format!(
+                        "tensor `{name}` appears in two shards"
+                    )));
+                }
+            }
+            parsed.push(file);
+        }
+        Ok(Self {
+            index,
+            shards: parsed,
+        })
+    }
+
+    /// Every tensor name, sorted.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.index.keys().map(String::as_str)
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.index.contains_key(name)
+    }
+
+    pub fn shape(&self, name: &str) -> Option<Vec<usize>> {
+        self.view(name).map(|view| view.shape().to_vec())
+    }
+
+    /// Number of elements of tensor `name`, if present.
+    pub fn len(&self, name: &str) -> Option<usize> {
+        self.view(name)
+            .map(|view| view.shape().iter().product::<usize>())
+    }
+
+    fn view(&self, name: &str) -> Option<TensorView<'a>> {
+        let shard = *self.index.get(name)?;
+        self.shards[shard].tensor(name).ok()
+    }
+
+    /// Tensor `name` as f32 (float32, float16 and bfloat16 are accepted).
+    pub fn get(&self, name: &str) -> Result<Array, CheckpointError> {
+        let view = self
+            .view(name)
+            .ok_or_else(|| CheckpointError::MissingKeys(vec![name.to_string()]))?;
         let raw = view.data();
         let data: Vec<f32> = match view.dtype() {
             Dtype::F32 => raw
@@ -33,9 +88,8 @@ pub fn read(bytes: &[u8]) -> Result<BTreeMap<String, Array>, CheckpointError> {
                 )));
             }
         };
-        tensors.insert(name.to_string(), Array::new(view.shape().to_vec(), data));
+        Ok(Array::new(view.shape().to_vec(), data))
     }
-    Ok(tensors)
 }
 
 /// Serialises arrays as F32, or F16 when `float16`.

@@ -3,8 +3,10 @@
 
 use super::CheckpointError;
 use super::params;
+use super::safetensors_io::Tensors;
 use super::torch_layout::{Entry, Transform};
 use crate::config::{Activation, Classifier, ViTConfig};
+use crate::preprocess::Normalization;
 
 /// The name table: our parameter ↔ timm tensor.
 pub fn entries(config: &ViTConfig) -> Vec<Entry> {
@@ -93,16 +95,15 @@ pub fn entries(config: &ViTConfig) -> Vec<Entry> {
 
 /// Reads the architecture from the tensor shapes; `num_heads` must come from the user.
 pub fn infer_config(
-    tensors: &std::collections::BTreeMap<String, params::Array>,
+    tensors: &Tensors,
     num_heads: Option<usize>,
 ) -> Result<ViTConfig, CheckpointError> {
     let shape = |key: &str| {
         tensors
-            .get(key)
-            .map(|array| array.shape.clone())
+            .shape(key)
             .ok_or_else(|| CheckpointError::Architecture(format!("no `{key}` tensor")))
     };
-    if tensors.contains_key("fc_norm.weight") {
+    if tensors.contains("fc_norm.weight") {
         return Err(CheckpointError::Unsupported(
             "timm models that normalise after pooling (`fc_norm`); the reference normalises before"
                 .into(),
@@ -126,13 +127,13 @@ pub fn infer_config(
         ))
     })?;
     let num_layers = (0..)
-        .take_while(|layer| tensors.contains_key(&format!("blocks.{layer}.norm1.weight")))
+        .take_while(|layer| tensors.contains(&format!("blocks.{layer}.norm1.weight")))
         .count();
     let mlp_dim = shape("blocks.0.mlp.fc1.weight")?
         .first()
         .copied()
         .unwrap_or(0);
-    let classifier = if tensors.contains_key("cls_token") {
+    let classifier = if tensors.contains("cls_token") {
         Classifier::Token
     } else {
         Classifier::Gap
@@ -141,7 +142,7 @@ pub fn infer_config(
     let grid = super::google::grid_side(
         tokens.saturating_sub(usize::from(classifier == Classifier::Token)),
     )?;
-    let num_classes = tensors.get("head.bias").map_or(0, |bias| bias.data.len());
+    let num_classes = tensors.len("head.bias").unwrap_or(0);
     let config = ViTConfig {
         image_size: grid * patch_size,
         patch_size,
@@ -156,6 +157,7 @@ pub fn infer_config(
         attention_dropout: 0.0,
         layer_norm_eps: 1e-6,
         activation: Activation::GeluExact,
+        normalization: Normalization::REFERENCE,
     };
     config.validate()?;
     Ok(config)

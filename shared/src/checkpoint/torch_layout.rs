@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::CheckpointError;
 use super::params::{Array, Params};
+use super::safetensors_io::Tensors;
 
 /// How a PyTorch tensor relates to the reference array of the same parameter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,10 +57,10 @@ fn their_shape(ours: &[usize], transform: Transform) -> Vec<usize> {
     }
 }
 
-fn to_ours(theirs: &Array, ours_shape: &[usize], transform: Transform) -> Array {
+fn to_ours(theirs: Array, ours_shape: &[usize], transform: Transform) -> Array {
     let shape = ours_shape.to_vec();
     match transform {
-        Transform::Same | Transform::Flat => Array::new(shape, theirs.data.clone()),
+        Transform::Same | Transform::Flat => theirs.reshaped(shape),
         Transform::Conv => theirs.permuted(&[2, 3, 1, 0]),
         Transform::Linear { .. } => theirs.transposed_2d().reshaped(shape),
         Transform::QkvKernel { index } => {
@@ -92,45 +93,51 @@ fn to_theirs(ours: &Array, transform: Transform) -> Array {
     }
 }
 
-/// Converts their tensors to reference params. `expected` gives our shapes.
-/// Returns the params and their names that no entry used.
+/// Converts their tensors to reference params, one at a time. `expected` gives our
+/// shapes. Returns the params and their names that no entry used.
 pub fn import(
     entries: &[Entry],
     expected: &[(String, Vec<usize>)],
-    tensors: &BTreeMap<String, Array>,
+    tensors: &Tensors,
 ) -> Result<(Params, Vec<String>), CheckpointError> {
     let missing: BTreeSet<String> = entries
         .iter()
-        .filter(|entry| !tensors.contains_key(&entry.theirs))
+        .filter(|entry| !tensors.contains(&entry.theirs))
         .map(|entry| entry.theirs.clone())
         .collect();
     if !missing.is_empty() {
         return Err(CheckpointError::MissingKeys(missing.into_iter().collect()));
     }
-    let mut params = Params::new();
+    // Every shape is checked before anything is converted.
+    let mut planned = Vec::with_capacity(entries.len());
     for entry in entries {
         let Some((_, ours_shape)) = expected.iter().find(|(key, _)| *key == entry.ours) else {
             continue;
         };
-        let theirs = &tensors[&entry.theirs];
+        let found = tensors.shape(&entry.theirs).unwrap_or_default();
         let want = their_shape(ours_shape, entry.transform);
-        if theirs.shape != want {
+        if found != want {
             return Err(CheckpointError::ShapeMismatch {
                 key: entry.theirs.clone(),
                 expected: want,
-                found: theirs.shape.clone(),
+                found,
             });
         }
+        planned.push((entry, ours_shape));
+    }
+    let mut params = Params::new();
+    for (entry, ours_shape) in planned {
+        let theirs = tensors.get(&entry.theirs)?;
         params.insert(
             entry.ours.clone(),
             to_ours(theirs, ours_shape, entry.transform),
         );
     }
-    let used: BTreeSet<&String> = entries.iter().map(|entry| &entry.theirs).collect();
+    let used: BTreeSet<&str> = entries.iter().map(|entry| entry.theirs.as_str()).collect();
     let unexpected = tensors
-        .keys()
+        .names()
         .filter(|key| !used.contains(key))
-        .cloned()
+        .map(str::to_string)
         .collect();
     Ok((params, unexpected))
 }
@@ -170,7 +177,7 @@ mod tests {
             let ours = counting(shape.clone());
             let theirs = to_theirs(&ours, transform);
             assert_eq!(theirs.shape, their_shape(&shape, transform));
-            assert_eq!(to_ours(&theirs, &shape, transform), ours, "{transform:?}");
+            assert_eq!(to_ours(theirs, &shape, transform), ours, "{transform:?}");
         }
     }
 
@@ -178,7 +185,7 @@ mod tests {
     fn conv_kernel_is_hwio() {
         // theirs [D=2, C=3, p=1, p=1]: element (o, i) = 10·o + i; ours [1, 1, 3, 2] holds (i, o).
         let theirs = Array::new(vec![2, 3, 1, 1], vec![0., 1., 2., 10., 11., 12.]);
-        let ours = to_ours(&theirs, &[1, 1, 3, 2], Transform::Conv);
+        let ours = to_ours(theirs, &[1, 1, 3, 2], Transform::Conv);
         assert_eq!(ours.data, vec![0., 10., 1., 11., 2., 12.]);
     }
 
@@ -186,11 +193,19 @@ mod tests {
     fn fused_qkv_splits_into_query_key_value() {
         // D = 2, one head: rows 0-1 query, 2-3 key, 4-5 value of a [6, 2] weight.
         let weight = counting(vec![6, 2]);
-        let key = to_ours(&weight, &[2, 1, 2], Transform::QkvKernel { index: 1 });
+        let key = to_ours(weight, &[2, 1, 2], Transform::QkvKernel { index: 1 });
         // key rows are [4, 5] and [6, 7]; ours is their transpose.
         assert_eq!(key.data, vec![4., 6., 5., 7.]);
-        let bias = to_ours(&counting(vec![6]), &[1, 2], Transform::QkvBias { index: 2 });
+        let bias = to_ours(counting(vec![6]), &[1, 2], Transform::QkvBias { index: 2 });
         assert_eq!(bias.data, vec![4., 5.]);
+    }
+
+    fn safetensors(tensors: &[(&str, Array)]) -> Vec<u8> {
+        let map = tensors
+            .iter()
+            .map(|(name, array)| (name.to_string(), array.clone()))
+            .collect();
+        super::super::safetensors_io::write(&map, false).unwrap()
     }
 
     #[test]
@@ -201,23 +216,28 @@ mod tests {
             Transform::Linear { in_dims: 1 },
         )];
         let expected = vec![("a".to_string(), vec![2, 3])];
-        let empty = BTreeMap::new();
+        let empty = safetensors(&[]);
         assert!(matches!(
-            import(&entries, &expected, &empty),
+            import(&entries, &expected, &Tensors::parse(&[&empty]).unwrap()),
             Err(CheckpointError::MissingKeys(keys)) if keys == vec!["x.weight".to_string()]
         ));
-        let mut wrong = BTreeMap::new();
-        wrong.insert("x.weight".to_string(), counting(vec![2, 3]));
-        wrong.insert("extra".to_string(), counting(vec![1]));
-        let error = import(&entries, &expected, &wrong).unwrap_err().to_string();
+        let wrong = safetensors(&[
+            ("x.weight", counting(vec![2, 3])),
+            ("extra", counting(vec![1])),
+        ]);
+        let error = import(&entries, &expected, &Tensors::parse(&[&wrong]).unwrap())
+            .unwrap_err()
+            .to_string();
         assert!(
             error.contains("x.weight") && error.contains("[3, 2]") && error.contains("[2, 3]"),
             "{error}"
         );
-        let mut right = BTreeMap::new();
-        right.insert("x.weight".to_string(), counting(vec![3, 2]));
-        right.insert("extra".to_string(), counting(vec![1]));
-        let (params, unexpected) = import(&entries, &expected, &right).unwrap();
+        let right = safetensors(&[
+            ("x.weight", counting(vec![3, 2])),
+            ("extra", counting(vec![1])),
+        ]);
+        let (params, unexpected) =
+            import(&entries, &expected, &Tensors::parse(&[&right]).unwrap()).unwrap();
         assert_eq!(params["a"].shape, vec![2, 3]);
         assert_eq!(unexpected, vec!["extra".to_string()]);
     }

@@ -42,56 +42,55 @@ pub fn check_params(config: &ViTConfig, params: &Params) -> Result<Vec<String>, 
     Ok(unexpected)
 }
 
-/// Builds a model of `config` holding `params` (checked first; see [`check_params`]).
+/// Builds a model of `config` holding `params` (checked first; see [`check_params`]),
+/// moving each array into its tensor.
 pub fn build_model(
     config: &ViTConfig,
-    params: &Params,
+    mut params: Params,
     device: &Device,
 ) -> Result<VisionTransformer, CheckpointError> {
     config.validate()?;
-    check_params(config, params)?;
-    let get = |key: &str| &params[key];
+    check_params(config, &params)?;
+    let params = &mut params;
     let d = config.hidden_size;
     let p = config.patch_size;
 
     let embedding = PatchEmbedding::from_linear(
         linear(
-            get(params::EMBEDDING_KERNEL)
-                .clone()
-                .reshaped(vec![p * p * 3, d]),
-            get(params::EMBEDDING_BIAS),
+            take(params, params::EMBEDDING_KERNEL).reshaped(vec![p * p * 3, d]),
+            take(params, params::EMBEDDING_BIAS),
             device,
         ),
         p,
     );
-    let cls = (config.num_prefix_tokens() == 1).then(|| param::<3>(get(params::CLS), device));
+    let cls =
+        (config.num_prefix_tokens() == 1).then(|| param::<3>(take(params, params::CLS), device));
+    let pos_embedding = param::<3>(take(params, params::POS_EMBEDDING), device);
     let blocks = (0..config.num_layers)
         .map(|layer| build_block(config, params, layer, device))
         .collect();
     let encoder = Encoder::from_parts(
-        AddPositionEmbs {
-            pos_embedding: param::<3>(get(params::POS_EMBEDDING), device),
-        },
+        AddPositionEmbs { pos_embedding },
         blocks,
         layer_norm(
             config,
-            get(params::ENCODER_NORM_SCALE),
-            get(params::ENCODER_NORM_BIAS),
+            take(params, params::ENCODER_NORM_SCALE),
+            take(params, params::ENCODER_NORM_BIAS),
             device,
         ),
         config.dropout,
     );
     let pre_logits = config.representation_size.map(|_| {
         linear(
-            get(params::PRE_LOGITS_KERNEL).clone(),
-            get(params::PRE_LOGITS_BIAS),
+            take(params, params::PRE_LOGITS_KERNEL),
+            take(params, params::PRE_LOGITS_BIAS),
             device,
         )
     });
     let head = (config.num_classes > 0).then(|| {
         linear(
-            get(params::HEAD_KERNEL).clone(),
-            get(params::HEAD_BIAS),
+            take(params, params::HEAD_KERNEL),
+            take(params, params::HEAD_BIAS),
             device,
         )
     });
@@ -105,72 +104,71 @@ pub fn build_model(
     ))
 }
 
+/// Moves a parameter out; [`check_params`] has made sure it is there.
+fn take(params: &mut Params, key: &str) -> Array {
+    params
+        .remove(key)
+        .unwrap_or_else(|| panic!("`{key}` was checked to be present"))
+}
+
 fn build_block(
     config: &ViTConfig,
-    params: &Params,
+    params: &mut Params,
     layer: usize,
     device: &Device,
 ) -> Encoder1DBlock {
     let d = config.hidden_size;
-    let get = |key: String| &params[&key];
-    let norm = |name: &str| {
+    let mut norm = |name: &str| {
         layer_norm(
             config,
-            get(params::block(layer, &format!("{name}/scale"))),
-            get(params::block(layer, &format!("{name}/bias"))),
+            take(params, &params::block(layer, &format!("{name}/scale"))),
+            take(params, &params::block(layer, &format!("{name}/bias"))),
             device,
         )
     };
+    let layer_norm_0 = norm("LayerNorm_0");
+    let layer_norm_1 = norm("LayerNorm_1");
     // Query, key and value side by side in one [D, 3D] kernel.
-    let kernels: Vec<Array> = ["query", "key", "value"]
-        .iter()
-        .map(|name| {
-            get(params::attention(layer, name, "kernel"))
-                .clone()
-                .reshaped(vec![d, d])
-        })
-        .collect();
-    let qkv_kernel = concat_columns(&kernels);
-    let qkv_bias: Vec<f32> = ["query", "key", "value"]
-        .iter()
-        .flat_map(|name| {
-            get(params::attention(layer, name, "bias"))
-                .data
-                .iter()
-                .copied()
-        })
-        .collect();
-    let qkv = linear(qkv_kernel, &Array::new(vec![3 * d], qkv_bias), device);
+    let mut kernels = Vec::with_capacity(3);
+    let mut qkv_bias = Vec::with_capacity(3 * d);
+    for name in ["query", "key", "value"] {
+        kernels.push(take(params, &params::attention(layer, name, "kernel")).reshaped(vec![d, d]));
+        qkv_bias.extend(take(params, &params::attention(layer, name, "bias")).data);
+    }
+    let qkv = linear(
+        concat_columns(&kernels),
+        Array::new(vec![3 * d], qkv_bias),
+        device,
+    );
+    drop(kernels);
     let out = linear(
-        get(params::attention(layer, "out", "kernel"))
-            .clone()
-            .reshaped(vec![d, d]),
-        get(params::attention(layer, "out", "bias")),
+        take(params, &params::attention(layer, "out", "kernel")).reshaped(vec![d, d]),
+        take(params, &params::attention(layer, "out", "bias")),
         device,
     );
     let mlp = MlpBlock::from_layers(
         linear(
-            get(params::mlp(layer, 0, "kernel")).clone(),
-            get(params::mlp(layer, 0, "bias")),
+            take(params, &params::mlp(layer, 0, "kernel")),
+            take(params, &params::mlp(layer, 0, "bias")),
             device,
         ),
         linear(
-            get(params::mlp(layer, 1, "kernel")).clone(),
-            get(params::mlp(layer, 1, "bias")),
+            take(params, &params::mlp(layer, 1, "kernel")),
+            take(params, &params::mlp(layer, 1, "bias")),
             device,
         ),
         config.dropout,
         config.activation,
     );
     Encoder1DBlock::from_parts(
-        norm("LayerNorm_0"),
+        layer_norm_0,
         MultiHeadDotProductAttention::from_layers(
             qkv,
             out,
             config.num_heads,
             config.attention_dropout,
         ),
-        norm("LayerNorm_1"),
+        layer_norm_1,
         mlp,
         config.dropout,
     )
@@ -250,25 +248,22 @@ pub fn model_params(model: &VisionTransformer) -> Params {
     out
 }
 
-fn tensor<const D: usize>(array: &Array, device: &Device) -> Tensor<D> {
-    Tensor::from_data(
-        TensorData::new(array.data.clone(), array.shape.clone()),
+/// A parameter holding `array`'s values, moved (not copied) into the tensor on the CPU.
+fn param<const D: usize>(array: Array, device: &Device) -> Param<Tensor<D>> {
+    Param::from_tensor(Tensor::from_data(
+        TensorData::new(array.data, array.shape),
         device,
-    )
+    ))
 }
 
-fn param<const D: usize>(array: &Array, device: &Device) -> Param<Tensor<D>> {
-    Param::from_tensor(tensor(array, device))
-}
-
-fn linear(kernel: Array, bias: &Array, device: &Device) -> Linear {
+fn linear(kernel: Array, bias: Array, device: &Device) -> Linear {
     Linear {
-        weight: param::<2>(&kernel, device),
+        weight: param::<2>(kernel, device),
         bias: Some(param::<1>(bias, device)),
     }
 }
 
-fn layer_norm(config: &ViTConfig, scale: &Array, bias: &Array, device: &Device) -> LayerNorm {
+fn layer_norm(config: &ViTConfig, scale: Array, bias: Array, device: &Device) -> LayerNorm {
     let mut norm = crate::model::layer_norm(config, device);
     norm.gamma = param::<1>(scale, device);
     norm.beta = Some(param::<1>(bias, device));
