@@ -310,32 +310,6 @@ mod tests {
     }
 
     #[test]
-    fn crops_cover_small_and_large_areas_and_positions() {
-        let mut rng = example_rng(7, 0, 0);
-        let (w, h) = (224, 224);
-        let crops: Vec<Crop> = (0..4000)
-            .map(|_| sample_crop(w, h, MIN_CROP_AREA, &mut rng))
-            .collect();
-        let fractions: Vec<f64> = crops
-            .iter()
-            .map(|c| (c.width * c.height) as f64 / (w * h) as f64)
-            .collect();
-        let min = fractions.iter().copied().fold(1.0, f64::min);
-        let max = fractions.iter().copied().fold(0.0, f64::max);
-        let mean = fractions.iter().sum::<f64>() / fractions.len() as f64;
-        assert!(min < 0.06, "smallest crop {min}");
-        assert!(max > 0.95, "largest crop {max}");
-        // Height uniform in [sqrt(0.05), 1] (relative) puts the mean area
-        // near (1 - 0.05^1.5) / (3 (1 - sqrt(0.05))) = 0.42.
-        assert!((0.36..0.48).contains(&mean), "mean area {mean}");
-        // Both very narrow and very wide crops, and offsets across the image.
-        let ratios = crops.iter().map(|c| c.width as f64 / c.height as f64);
-        assert!(ratios.clone().any(|r| r < 0.78) && ratios.clone().any(|r| r > 1.28));
-        assert!(crops.iter().any(|c| c.x == 0) && crops.iter().any(|c| c.x > 150));
-        assert!(crops.iter().any(|c| c.y == 0) && crops.iter().any(|c| c.y > 150));
-    }
-
-    #[test]
     fn crop_heights_are_tfs_for_a_fixed_ratio() {
         // Ratio 1 on 100x100: heights uniform in [round(sqrt(500)),
         // round(sqrt(10000))] = [22, 100], width equal to height. 22x22 is
@@ -375,6 +349,210 @@ mod tests {
             draw(1, 3, 2),
         ] {
             assert_ne!(base, other);
+        }
+    }
+
+    /// The statistics `tests/fixtures/crop_distribution.py` records of TensorFlow's crops.
+    #[derive(Debug, Default)]
+    struct CropStats {
+        fallback_rate: f64,
+        area_mean: f64,
+        area_std: f64,
+        log_aspect_mean: Option<f64>,
+        log_aspect_std: Option<f64>,
+        x_offset_mean: Option<f64>,
+        y_offset_mean: Option<f64>,
+        x_at_last_column_rate: Option<f64>,
+        y_at_last_row_rate: Option<f64>,
+        height_counts: Vec<f64>,
+        width_counts: Vec<f64>,
+    }
+
+    fn mean_std(values: &[f64]) -> Option<(f64, f64)> {
+        if values.is_empty() {
+            return None;
+        }
+        let mean = values.iter().sum::<f64>() / values.len() as f64;
+        let variance = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / values.len() as f64;
+        Some((mean, variance.sqrt()))
+    }
+
+    fn our_stats(width: usize, height: usize, min_area: f32, n: usize) -> CropStats {
+        let mut rng = example_rng(2024, 6, 7);
+        let crops: Vec<Crop> = (0..n)
+            .map(|_| sample_crop(width, height, min_area, &mut rng))
+            .collect();
+        let whole = Crop::full(width, height);
+        let areas: Vec<f64> = crops
+            .iter()
+            .map(|c| (c.width * c.height) as f64 / (width * height) as f64)
+            .collect();
+        let aspects: Vec<f64> = crops
+            .iter()
+            .filter(|c| **c != whole)
+            .map(|c| (c.width as f64 / c.height as f64).ln())
+            .collect();
+        let offsets = |narrower: &dyn Fn(&Crop) -> Option<(usize, usize)>| {
+            let pairs: Vec<(usize, usize)> = crops.iter().filter_map(narrower).collect();
+            let mean = mean_std(
+                &pairs
+                    .iter()
+                    .map(|&(o, room)| o as f64 / room as f64)
+                    .collect::<Vec<_>>(),
+            );
+            let at_end = (!pairs.is_empty()).then(|| {
+                pairs.iter().filter(|(o, room)| o == room).count() as f64 / pairs.len() as f64
+            });
+            (mean.map(|(m, _)| m), at_end)
+        };
+        let (x_offset_mean, x_at_last_column_rate) =
+            offsets(&|c| (c.width < width).then(|| (c.x, width - c.width)));
+        let (y_offset_mean, y_at_last_row_rate) =
+            offsets(&|c| (c.height < height).then(|| (c.y, height - c.height)));
+        let histogram = |side: usize, pick: &dyn Fn(&Crop) -> usize| {
+            let mut counts = vec![0.0; side + 1];
+            for crop in &crops {
+                counts[pick(crop)] += 1.0;
+            }
+            counts
+        };
+        let (area_mean, area_std) = mean_std(&areas).expect("samples");
+        let aspect = mean_std(&aspects);
+        CropStats {
+            fallback_rate: crops.iter().filter(|c| **c == whole).count() as f64 / n as f64,
+            area_mean,
+            area_std,
+            log_aspect_mean: aspect.map(|(m, _)| m),
+            log_aspect_std: aspect.map(|(_, s)| s),
+            x_offset_mean,
+            y_offset_mean,
+            x_at_last_column_rate,
+            y_at_last_row_rate,
+            height_counts: histogram(height, &|c| c.height),
+            width_counts: histogram(width, &|c| c.width),
+        }
+    }
+
+    /// Pearson's two-sample chi-square statistic of two histograms of equal totals, and
+    /// its degrees of freedom.
+    fn chi_square(a: &[f64], b: &[f64]) -> (f64, usize) {
+        let bins: Vec<(f64, f64)> = a
+            .iter()
+            .zip(b)
+            .map(|(&x, &y)| (x, y))
+            .filter(|(x, y)| x + y > 0.0)
+            .collect();
+        let statistic = bins.iter().map(|(x, y)| (x - y).powi(2) / (x + y)).sum();
+        (statistic, bins.len().saturating_sub(1))
+    }
+
+    #[test]
+    fn the_crop_distribution_is_tensorflows() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../tests/fixtures/crop_distribution.json"
+        );
+        let fixture: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(path).expect("fixture")).expect("json");
+        let number = |case: &serde_json::Value, key: &str| case[key].as_f64();
+        let counts = |case: &serde_json::Value, key: &str| -> Vec<f64> {
+            case[key]
+                .as_array()
+                .expect("counts")
+                .iter()
+                .map(|v| v.as_f64().expect("count"))
+                .collect()
+        };
+        for case in fixture["cases"].as_array().expect("cases") {
+            let width = case["width"].as_u64().expect("width") as usize;
+            let height = case["height"].as_u64().expect("height") as usize;
+            let min_area = case["min_area"].as_f64().expect("min_area") as f32;
+            let n = case["n"].as_u64().expect("n") as usize;
+            let name = format!("{width}x{height}, min area {min_area}");
+            let ours = our_stats(width, height, min_area, n);
+            // Two independent samples of n: a difference of means has standard error
+            // std·√(2/n); 5 of them is far outside chance, but inside any real bug.
+            let bound = |std: f64| 5.0 * std * (2.0 / n as f64).sqrt() + 1e-9;
+            let close =
+                |what: &str, ours: Option<f64>, theirs: Option<f64>, std: f64| match (ours, theirs)
+                {
+                    (Some(a), Some(b)) => assert!(
+                        (a - b).abs() <= bound(std),
+                        "{name}: {what} {a} vs TensorFlow's {b}"
+                    ),
+                    (None, None) => {}
+                    (a, b) => panic!("{name}: {what} {a:?} vs TensorFlow's {b:?}"),
+                };
+            let tf_fallback = number(case, "fallback_rate").expect("fallback");
+            let binomial = (tf_fallback * (1.0 - tf_fallback))
+                .sqrt()
+                .max(1.0 / n as f64);
+            close(
+                "fallback rate",
+                Some(ours.fallback_rate),
+                Some(tf_fallback),
+                binomial,
+            );
+            let area_std = number(case, "area_std").expect("area std");
+            close(
+                "mean area",
+                Some(ours.area_mean),
+                number(case, "area_mean"),
+                area_std,
+            );
+            close("area std", Some(ours.area_std), Some(area_std), area_std);
+            let aspect_std = number(case, "log_aspect_std");
+            let spread = aspect_std.unwrap_or(0.0);
+            close(
+                "mean log aspect",
+                ours.log_aspect_mean,
+                number(case, "log_aspect_mean"),
+                spread,
+            );
+            close("log aspect std", ours.log_aspect_std, aspect_std, spread);
+            // Offsets over the room left are roughly uniform: std about 0.29.
+            close(
+                "mean x offset",
+                ours.x_offset_mean,
+                number(case, "x_offset_mean"),
+                0.3,
+            );
+            close(
+                "mean y offset",
+                ours.y_offset_mean,
+                number(case, "y_offset_mean"),
+                0.3,
+            );
+            // TensorFlow never puts a smaller crop against the last row or column.
+            assert_eq!(
+                ours.x_at_last_column_rate,
+                number(case, "x_at_last_column_rate"),
+                "{name}"
+            );
+            assert_eq!(
+                ours.y_at_last_row_rate,
+                number(case, "y_at_last_row_rate"),
+                "{name}"
+            );
+            for (what, ours, theirs) in [
+                (
+                    "heights",
+                    &ours.height_counts,
+                    counts(case, "height_counts"),
+                ),
+                ("widths", &ours.width_counts, counts(case, "width_counts")),
+            ] {
+                // A chi-square within 5 standard deviations of its degrees of freedom.
+                let (statistic, dof) = chi_square(ours, &theirs);
+                let limit = dof as f64 + 5.0 * (2.0 * dof as f64).sqrt();
+                eprintln!(
+                    "{name}: crop {what}: chi-square {statistic:.1}, {dof} degrees of freedom"
+                );
+                assert!(
+                    statistic <= limit,
+                    "{name}: crop {what} differ from TensorFlow's: chi-square {statistic:.1} with {dof} degrees of freedom"
+                );
+            }
         }
     }
 
