@@ -69,6 +69,8 @@ pub enum ConfigError {
     UnknownPreset(String),
     #[error("invalid model configuration: {0}")]
     Invalid(String),
+    #[error("cannot read the model config {path}: {message}")]
+    File { path: String, message: String },
 }
 
 /// Names accepted by [`ViTConfig::preset`].
@@ -115,6 +117,41 @@ impl ViTConfig {
             activation: Activation::GeluTanh,
             normalization: Normalization::REFERENCE,
         })
+    }
+
+    /// A model as `--model` names it: a preset (`B/16`), or a JSON file holding our
+    /// config, an export's `config.json` or a Hugging Face ViT `config.json`.
+    pub fn from_name_or_file(model: &str) -> Result<Self, ConfigError> {
+        let path = std::path::Path::new(model);
+        if path.extension().is_none_or(|ext| ext != "json") {
+            return Self::preset(model);
+        }
+        let file_error = |message: String| ConfigError::File {
+            path: path.display().to_string(),
+            message,
+        };
+        let text = std::fs::read(path).map_err(|error| file_error(error.to_string()))?;
+        let json: serde_json::Value = serde_json::from_slice(&text)
+            .map_err(|error| file_error(format!("not valid JSON: {error}")))?;
+        Self::from_json(&json).map_err(|error| file_error(error.to_string()))
+    }
+
+    /// Our config as JSON, or a Hugging Face ViT `config.json` (an export's carries our
+    /// config inside). From a plain Hugging Face config, whose weights would say how many
+    /// classes there are, the class count is 0: the caller sets it.
+    pub fn from_json(json: &serde_json::Value) -> Result<Self, ConfigError> {
+        if json.get("model_type").is_some() {
+            return crate::checkpoint::hf::read_config(json, |_| None, "vit.").map_err(|error| {
+                match error {
+                    crate::checkpoint::CheckpointError::Config(error) => error,
+                    other => ConfigError::Invalid(other.to_string()),
+                }
+            });
+        }
+        let config: Self = serde_json::from_value(json.clone())
+            .map_err(|error| ConfigError::Invalid(error.to_string()))?;
+        config.validate()?;
+        Ok(config)
     }
 
     pub fn with_image_size(mut self, image_size: usize) -> Self {
@@ -286,6 +323,62 @@ mod tests {
         assert_eq!(parsed.layer_norm_eps, 1e-6);
         assert_eq!(parsed.activation, Activation::GeluTanh);
         assert_eq!(parsed.num_tokens(), 16);
+    }
+
+    #[test]
+    fn from_name_or_file_reads_presets_our_json_and_hf_config_files() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = ViTConfig {
+            image_size: 8,
+            patch_size: 4,
+            hidden_size: 8,
+            mlp_dim: 16,
+            num_heads: 2,
+            num_layers: 1,
+            num_classes: 3,
+            normalization: Normalization::IMAGENET,
+            ..ViTConfig::preset("Ti/16").unwrap()
+        };
+        let write = |name: &str, json: serde_json::Value| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, json.to_string()).expect("write config");
+            path.to_string_lossy().into_owned()
+        };
+        let ours = write("vit.json", serde_json::to_value(&config).unwrap());
+        assert_eq!(ViTConfig::from_name_or_file(&ours).unwrap(), config);
+        // An export's config.json carries our config beside the HF fields.
+        let labels: Vec<String> = ["a", "b", "c"].map(String::from).into();
+        let mut exported = crate::checkpoint::hf::write_config(&config, &labels, None);
+        let from_export = write("export.json", exported.clone());
+        assert_eq!(ViTConfig::from_name_or_file(&from_export).unwrap(), config);
+        // A plain HF config: the architecture, with the class count left to the caller
+        // (and the normalisation to preprocessor_config.json, which is not read here).
+        exported
+            .as_object_mut()
+            .unwrap()
+            .remove(crate::checkpoint::hf::OUR_CONFIG_FIELD);
+        let hf = ViTConfig::from_name_or_file(&write("hf.json", exported)).unwrap();
+        assert_eq!(
+            ViTConfig {
+                normalization: Normalization::IMAGENET,
+                ..hf.with_num_classes(3)
+            },
+            config
+        );
+        assert_eq!(
+            ViTConfig::from_name_or_file("B/16").unwrap().hidden_size,
+            768
+        );
+        let broken = write("broken.json", serde_json::json!({"hidden_size": 8}));
+        let error = ViTConfig::from_name_or_file(&broken)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("broken.json") && error.contains("image_size"),
+            "{error}"
+        );
+        let missing = ViTConfig::from_name_or_file("no/such/file.json").unwrap_err();
+        assert!(matches!(missing, ConfigError::File { .. }), "{missing}");
     }
 
     #[test]

@@ -166,6 +166,14 @@ impl Normalization {
         std: [0.229, 0.224, 0.225],
     };
 
+    /// This normalisation with the given parts replaced (e.g. from command-line options).
+    pub fn replaced(self, mean: Option<[f32; 3]>, std: Option<[f32; 3]>) -> Self {
+        Self {
+            mean: mean.unwrap_or(self.mean),
+            std: std.unwrap_or(self.std),
+        }
+    }
+
     /// Finite values and positive standard deviations.
     pub fn is_valid(&self) -> bool {
         self.mean.iter().all(|m| m.is_finite())

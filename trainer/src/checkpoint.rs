@@ -2,7 +2,8 @@
 //! had never stopped.
 //!
 //! `WORKDIR/checkpoint/` holds the model in the export format (so `predict` and
-//! `eval` read it as it is), the momentum buffers in the same layout, and
+//! `eval` read it as it is), the momentum buffers (`momentum.safetensors`, float32,
+//! keyed by parameter path such as `encoder.blocks.0.mlp.dense_0.weight`), and
 //! `state.json` (completed steps and the run's options). The data order and
 //! every augmentation are pure functions of (seed, step), so the seed (in the
 //! options) and the step are the whole data-pipeline and RNG state.
@@ -10,14 +11,17 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
+use std::collections::BTreeMap;
+
+use anyhow::{Context, Result, anyhow};
 use burn::module::Module;
 use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
+use vit::checkpoint::safetensors_io::{self, Tensors};
 use vit::{Checkpoint, SaveOptions, VisionTransformer};
 
-use crate::cli::TrainArgs;
 use crate::optimizer::Sgd;
+use crate::recipe::RunOptions;
 
 const DIR: &str = "checkpoint";
 const MOMENTUM_FILE: &str = "momentum.safetensors";
@@ -29,7 +33,7 @@ pub struct State {
     /// Updates completed; training continues with update `step` (counted from 0).
     pub step: usize,
     /// The options of the run, so that a resumed run uses the same recipe.
-    pub args: TrainArgs,
+    pub args: RunOptions,
     pub classes: Vec<String>,
 }
 
@@ -55,13 +59,11 @@ pub fn save(
                 .with_context(|| format!("cannot remove the stale {}", stale.display()))?;
         }
     }
-    let weights = model.valid();
     let exact = SaveOptions { float16: false };
-    Checkpoint::from_model(&weights, Some(state.classes.clone()))
+    Checkpoint::from_model(&model.valid(), Some(state.classes.clone()))
         .save(&staging, exact)
         .context("cannot write the checkpoint's model")?;
-    let (_, momentum) = Checkpoint::from_model(&optimizer.buffers_as_module(weights), None)
-        .to_hf_bytes(exact)
+    let momentum = safetensors_io::write(&optimizer.buffers(model), false)
         .context("cannot serialise the momentum buffers")?;
     fs::write(staging.join(MOMENTUM_FILE), momentum)
         .with_context(|| format!("cannot write {}", staging.join(MOMENTUM_FILE).display()))?;
@@ -100,40 +102,39 @@ pub fn load(dir: &Path, momentum: f64, device: &Device) -> Result<(VisionTransfo
         fs::read(dir.join(name))
             .with_context(|| format!("cannot read {}", dir.join(name).display()))
     };
-    let config = read("config.json")?;
-    let weights = read("model.safetensors")?;
-    let buffers = read(MOMENTUM_FILE)?;
-    let model = vit::checkpoint::from_hf_bytes(&config, &weights)
-        .and_then(|checkpoint| checkpoint.build(&device.clone().autodiff()))
+    let model = vit::checkpoint::load(dir, &Default::default())
+        .and_then(|checkpoint| checkpoint.into_model(&device.clone().autodiff()))
         .with_context(|| format!("the checkpoint model in {} is unreadable", dir.display()))?;
-    let buffers = vit::checkpoint::from_hf_bytes(&config, &buffers)
-        .and_then(|checkpoint| checkpoint.build(device))
-        .with_context(|| format!("the momentum buffers in {} are unreadable", dir.display()))?;
-    if buffers.config() != model.config() {
-        bail!(
-            "the momentum buffers in {} do not fit the model",
+    let bytes = read(MOMENTUM_FILE)?;
+    let unreadable = || format!("the momentum buffers in {} are unreadable", dir.display());
+    let tensors = Tensors::parse(&[&bytes]).with_context(unreadable)?;
+    let saved = tensors
+        .names()
+        .map(|name| Ok((name.to_string(), tensors.get(name)?)))
+        .collect::<Result<BTreeMap<_, _>, vit::CheckpointError>>()
+        .with_context(unreadable)?;
+    let optimizer = Sgd::with_buffers(momentum, &model, saved, device).map_err(|error| {
+        anyhow!(
+            "the momentum buffers in {} do not fit the model: {error}",
             dir.display()
-        );
-    }
-    let mut optimizer = Sgd::new(momentum);
-    optimizer.restore_buffers(&model, &buffers);
+        )
+    })?;
     Ok((model, optimizer))
 }
 
 #[cfg(test)]
 mod tests {
     use burn::module::{ModuleVisitor, Param};
+    use burn::optim::GradientsParams;
     use burn::tensor::{Distribution, Tensor};
-    use clap::Parser;
 
     use super::*;
 
     /// A checkpoint state at `step` of a run with these command-line options.
     fn state(step: usize, options: &[&str]) -> State {
-        let command_line = std::iter::once("trainer").chain(options.iter().copied());
         State {
             step,
-            args: crate::cli::Cli::parse_from(command_line).train,
+            args: crate::cli::tests::options(options),
             classes: vec!["a".into(), "b".into(), "c".into()],
         }
     }
@@ -157,15 +158,25 @@ mod tests {
     fn round_trip_keeps_weights_momentum_and_state_exactly() {
         let device = Device::flex();
         let workdir = tempfile::tempdir().expect("tempdir");
-        let model = VisionTransformer::new(
+        let mut model = VisionTransformer::new(
             &crate::train::tests::tiny_config(),
             &device.clone().autodiff(),
         )
         .expect("model");
-        // Momentum buffers with arbitrary values, shaped like the model.
+        // A random head, so that every parameter gets a gradient, and one update.
+        model.head = Some(burn::nn::LinearConfig::new(8, 3).init(&device.clone().autodiff()));
+        let images = Tensor::<4>::random(
+            [2, 3, 8, 8],
+            Distribution::Uniform(-1.0, 1.0),
+            &device.clone().autodiff(),
+        );
+        let grads = GradientsParams::from_grads(model.forward(images).sum().backward(), &model);
         let mut optimizer = Sgd::new(0.9);
-        let noise = model.valid().map(&mut Randomize);
-        optimizer.restore_buffers(&model, &noise);
+        let (model, _) = optimizer.step(model, grads, 0.1, None);
+        let buffers = optimizer.buffers(&model);
+        assert!(buffers.contains_key("encoder.blocks.0.attention.qkv.weight"));
+        assert!(buffers.contains_key("head.bias"));
+
         let state = state(5, &["--steps", "7", "--seed", "3"]);
         save(workdir.path(), &model, &optimizer, &state).expect("first save");
         // A second save replaces the first and leaves no staging folders behind.
@@ -178,13 +189,10 @@ mod tests {
 
         let (found_dir, found) = find(workdir.path()).expect("find").expect("a checkpoint");
         assert_eq!(found.step, 5);
-        assert_eq!(found.args.steps, 7);
+        assert_eq!(found.args, state.args);
         let (loaded, restored) = load(&found_dir, 0.9, &device).expect("load");
         assert_eq!(values(&loaded), values(&model));
-        assert_eq!(
-            values(&restored.buffers_as_module(loaded.valid())),
-            values(&noise)
-        );
+        assert_eq!(restored.buffers(&loaded), buffers);
         // `predict` and `eval` read the checkpoint folder as an ordinary model.
         let as_export = vit::checkpoint::load(&found_dir, &Default::default()).expect("export");
         assert_eq!(as_export.label_names(), state.classes);
@@ -214,19 +222,5 @@ mod tests {
                 .expect("find")
                 .is_none()
         );
-    }
-
-    struct Randomize;
-
-    impl burn::module::ModuleMapper for Randomize {
-        fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-            param.map(|tensor| {
-                Tensor::random(
-                    tensor.shape(),
-                    Distribution::Normal(0.0, 1.0),
-                    &tensor.device(),
-                )
-            })
-        }
     }
 }

@@ -3,11 +3,10 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
-use serde::{Deserialize, Serialize};
-
 use vit::preprocess::Normalization;
 
 use crate::augment;
+use crate::recipe::{Recipe, RepresentationSize, RunOptions, Runtime};
 use crate::schedule::Decay;
 
 /// Fine-tune Vision Transformers (ViT) and run them, with the numerics of Google's
@@ -121,28 +120,23 @@ pub struct CheckpointArgs {
 
 /// `--image-mean` and `--image-std`: the model's input normalisation, when the
 /// checkpoint does not record it (timm files) or records it wrongly.
-#[derive(Debug, Clone, Default, PartialEq, Args, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Args)]
 pub struct NormalizationArgs {
     /// Per-channel mean of the model's inputs, `R,G,B` in [0, 1] (one value for all three
     /// also works), replacing the checkpoint's: e.g. 0.485,0.456,0.406 for ImageNet-normalised
     /// models (DeiT, many timm models). Default: the checkpoint's (Hugging Face folders:
     /// preprocessor_config.json), else 0.5 as Google's ViTs.
     #[arg(long, value_name = "R,G,B", value_parser = parse_rgb)]
-    #[serde(default)]
     pub image_mean: Option<[f32; 3]>,
     /// Per-channel standard deviation, as --image-mean: e.g. 0.229,0.224,0.225 for ImageNet.
     #[arg(long, value_name = "R,G,B", value_parser = parse_rgb)]
-    #[serde(default)]
     pub image_std: Option<[f32; 3]>,
 }
 
 impl NormalizationArgs {
     /// `base` with the given values replaced.
     pub fn apply(&self, base: Normalization) -> Normalization {
-        Normalization {
-            mean: self.image_mean.unwrap_or(base.mean),
-            std: self.image_std.unwrap_or(base.std),
-        }
+        base.replaced(self.image_mean, self.image_std)
     }
 }
 
@@ -236,7 +230,7 @@ pub struct BenchArgs {
     pub device: String,
 }
 
-#[derive(Debug, Clone, Args, Serialize, Deserialize)]
+#[derive(Debug, Clone, Args)]
 pub struct TrainArgs {
     /// Total training steps (updates).
     #[arg(long, default_value_t = 10_000)]
@@ -251,7 +245,6 @@ pub struct TrainArgs {
     /// configs do), `keep` keeps the pretrained one, `N` asks for one of size N. Default:
     /// `none`, or the value of the --model preset or file when one is given.
     #[arg(long, value_name = "none|keep|N")]
-    #[serde(default)]
     pub representation_size: Option<RepresentationSize>,
     /// Pretrained weights: a local file or folder, `gs://BUCKET/PATH`, `hf:ORG/NAME`,
     /// an https URL, or `none` to train from scratch.
@@ -289,10 +282,8 @@ pub struct TrainArgs {
     /// Smallest random training crop, as a fraction of the image area (the reference's 0.05;
     /// larger values are gentler, e.g. for short training from scratch on small images).
     #[arg(long, default_value_t = augment::MIN_CROP_AREA)]
-    #[serde(default = "reference_min_crop_area")]
     pub min_crop_area: f32,
     #[command(flatten)]
-    #[serde(flatten)]
     pub normalization: NormalizationArgs,
     /// Dropout rate (default: the model's; 0 for B/16).
     #[arg(long)]
@@ -319,12 +310,10 @@ pub struct TrainArgs {
     /// (only --device, --threads, --data-dir, --log-every, --eval-every and
     /// --checkpoint-every may change). Gives the same metrics as an uninterrupted run.
     #[arg(long)]
-    #[serde(skip)]
     pub resume: bool,
     /// Stop once this many steps are done, writing a checkpoint, to continue later
     /// with --resume (e.g. to fit a run into time slots).
     #[arg(long, value_name = "STEP")]
-    #[serde(skip)]
     pub stop_after: Option<usize>,
     /// Seed for the data order and the augmentations.
     #[arg(long, default_value_t = 0)]
@@ -338,68 +327,86 @@ pub struct TrainArgs {
     pub threads: Option<usize>,
 }
 
-/// `--representation-size`: what fine-tuning does with the pre-logits layer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(into = "String", try_from = "String")]
-pub enum RepresentationSize {
-    /// No pre-logits layer: the pretrained one is dropped.
-    None,
-    /// The pretrained checkpoint's own (none if it has none).
-    Keep,
-    /// A pre-logits layer of this size (the pretrained one, which must have it).
-    Size(usize),
-}
-
-impl std::str::FromStr for RepresentationSize {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, String> {
-        match text {
-            "none" => Ok(Self::None),
-            "keep" => Ok(Self::Keep),
-            _ => match text.parse::<usize>() {
-                Ok(size) if size > 0 => Ok(Self::Size(size)),
-                _ => Err(format!(
-                    "expected `none`, `keep` or a positive size, not `{text}`"
-                )),
+impl TrainArgs {
+    /// The recipe and runtime options these arguments describe.
+    pub fn options(&self) -> RunOptions {
+        RunOptions {
+            recipe: Recipe {
+                steps: self.steps,
+                model: self.model.clone(),
+                representation_size: self.representation_size,
+                pretrained: self.pretrained.clone(),
+                dataset: self.dataset.clone(),
+                val_split: self.val_split,
+                strict: self.strict,
+                batch: self.batch,
+                accum_steps: self.accum_steps,
+                lr: self.lr,
+                warmup: self.warmup,
+                decay: self.decay,
+                momentum: self.momentum,
+                grad_clip: self.grad_clip,
+                resolution: self.resolution,
+                min_crop_area: self.min_crop_area,
+                image_mean: self.normalization.image_mean,
+                image_std: self.normalization.image_std,
+                dropout: self.dropout,
+                seed: self.seed,
+            },
+            runtime: Runtime {
+                eval_every: self.eval_every,
+                log_every: self.log_every,
+                checkpoint_every: self.checkpoint_every,
+                workdir: self.workdir.clone(),
+                data_dir: self.data_dir.clone(),
+                device: self.device.clone(),
+                threads: self.threads,
             },
         }
     }
 }
 
-impl std::fmt::Display for RepresentationSize {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::None => f.write_str("none"),
-            Self::Keep => f.write_str("keep"),
-            Self::Size(size) => write!(f, "{size}"),
-        }
+#[cfg(test)]
+pub(crate) mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    /// The run options of `trainer OPTIONS...`.
+    pub(crate) fn options(options: &[&str]) -> RunOptions {
+        let command_line = std::iter::once("trainer").chain(options.iter().copied());
+        Cli::parse_from(command_line).train.options()
     }
-}
 
-impl From<RepresentationSize> for String {
-    fn from(value: RepresentationSize) -> Self {
-        value.to_string()
-    }
-}
-
-impl TryFrom<String> for RepresentationSize {
-    type Error = String;
-
-    fn try_from(text: String) -> Result<Self, String> {
-        text.parse()
-    }
-}
-
-/// For runs saved before `--min-crop-area` existed.
-fn reference_min_crop_area() -> f32 {
-    augment::MIN_CROP_AREA
-}
-
-impl TrainArgs {
-    pub fn cache_dir(&self) -> PathBuf {
-        self.data_dir
-            .clone()
-            .unwrap_or_else(crate::data::download::cache_dir)
+    #[test]
+    fn every_option_of_the_command_line_reaches_the_run_options() {
+        let options = options(&[
+            "--steps",
+            "7",
+            "--representation-size",
+            "keep",
+            "--image-mean",
+            "0.4",
+            "--image-std",
+            "0.1,0.2,0.3",
+            "--accum-steps",
+            "2",
+            "--batch",
+            "6",
+            "--workdir",
+            "w",
+            "--threads",
+            "3",
+        ]);
+        assert_eq!(options.recipe.steps, 7);
+        assert_eq!(
+            options.recipe.representation_size,
+            Some(RepresentationSize::Keep)
+        );
+        assert_eq!(options.recipe.image_mean, Some([0.4; 3]));
+        assert_eq!(options.recipe.image_std, Some([0.1, 0.2, 0.3]));
+        assert_eq!(options.recipe.micro_batch(), 3);
+        assert_eq!(options.runtime.workdir, PathBuf::from("w"));
+        assert_eq!(options.runtime.threads, Some(3));
     }
 }

@@ -17,6 +17,7 @@ mod plot;
 mod predict;
 mod pretrained;
 mod progress;
+mod recipe;
 mod schedule;
 mod train;
 

@@ -7,9 +7,26 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use serde_json::Value;
+use serde::{Deserialize, Serialize};
 
 use crate::plot::{self, MetricPoint};
+
+/// One line of `metrics.jsonl`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetricsLine {
+    /// The update, counted from 1.
+    pub step: usize,
+    /// Mean training loss of the update's batch, before the update.
+    pub loss: f64,
+    /// The learning rate the update used.
+    pub lr: f64,
+    /// Global norm of the averaged gradients, before clipping.
+    pub grad_norm: f64,
+    pub images_per_sec: f64,
+    /// On evaluation steps: the fraction of test images classified correctly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_accuracy: Option<f64>,
+}
 
 const METRICS_FILE: &str = "metrics.jsonl";
 
@@ -37,19 +54,13 @@ impl Metrics {
     pub fn resume(workdir: &Path, completed: usize) -> Result<Self> {
         let path = workdir.join(METRICS_FILE);
         let text = fs::read_to_string(&path).unwrap_or_default();
-        let kept: Vec<&str> = text
+        let kept: Vec<(&str, MetricsLine)> = text
             .lines()
-            .filter(|line| {
-                serde_json::from_str::<Value>(line)
-                    .ok()
-                    .and_then(|value| value["step"].as_u64())
-                    .is_some_and(|step| step as usize <= completed)
-            })
+            .filter_map(|text| Some((text, serde_json::from_str::<MetricsLine>(text).ok()?)))
+            .filter(|(_, line)| line.step <= completed)
             .collect();
-        let points = kept
-            .iter()
-            .filter_map(|line| point(&serde_json::from_str(line).ok()?))
-            .collect();
+        let points = kept.iter().map(|(_, line)| point(line)).collect();
+        let kept: Vec<&str> = kept.iter().map(|(text, _)| *text).collect();
         let mut rewritten = kept.join("\n");
         if !rewritten.is_empty() {
             rewritten.push('\n');
@@ -67,12 +78,10 @@ impl Metrics {
     }
 
     /// Appends one line, flushed at once so that nothing is lost on a crash.
-    pub fn record(&mut self, line: &Value) -> Result<()> {
-        writeln!(self.file, "{line}")?;
+    pub fn record(&mut self, line: &MetricsLine) -> Result<()> {
+        writeln!(self.file, "{}", serde_json::to_string(line)?)?;
         self.file.flush().context("cannot write metrics.jsonl")?;
-        if let Some(point) = point(line) {
-            self.points.push(point);
-        }
+        self.points.push(point(line));
         Ok(())
     }
 
@@ -109,45 +118,56 @@ impl Metrics {
     }
 }
 
-fn point(line: &Value) -> Option<MetricPoint> {
-    Some(MetricPoint {
-        step: line["step"].as_u64()? as usize,
-        loss: line["loss"].as_f64()?,
-        test_accuracy: line["test_accuracy"].as_f64(),
-    })
+fn point(line: &MetricsLine) -> MetricPoint {
+    MetricPoint {
+        step: line.step,
+        loss: line.loss,
+        test_accuracy: line.test_accuracy,
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
-
     use super::*;
+
+    fn line(step: usize, loss: f64, test_accuracy: Option<f64>) -> MetricsLine {
+        MetricsLine {
+            step,
+            loss,
+            lr: 0.01,
+            grad_norm: 1.5,
+            images_per_sec: 10.0,
+            test_accuracy,
+        }
+    }
 
     #[test]
     fn resuming_drops_the_lines_after_the_checkpoint_and_keeps_the_table() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut metrics = Metrics::create(dir.path()).expect("create");
         for step in 1..=4 {
-            let mut line = json!({"step": step, "loss": 1.0 / step as f64});
-            if step % 2 == 0 {
-                line["test_accuracy"] = json!(step as f64 / 10.0);
-            }
-            metrics.record(&line).expect("record");
+            let accuracy = (step % 2 == 0).then(|| step as f64 / 10.0);
+            metrics
+                .record(&line(step, 1.0 / step as f64, accuracy))
+                .expect("record");
         }
         drop(metrics);
         let mut resumed = Metrics::resume(dir.path(), 2).expect("resume");
-        resumed
-            .record(&json!({"step": 3, "loss": 0.3}))
-            .expect("record");
+        resumed.record(&line(3, 0.3, None)).expect("record");
         let text = fs::read_to_string(dir.path().join(METRICS_FILE)).expect("read");
-        let steps: Vec<u64> = text
+        let lines: Vec<MetricsLine> = text
             .lines()
-            .map(|line| {
-                serde_json::from_str::<Value>(line).expect("json")["step"]
-                    .as_u64()
-                    .expect("step")
-            })
+            .map(|line| serde_json::from_str(line).expect("json"))
             .collect();
+        assert_eq!(lines[1], line(2, 0.5, Some(0.2)));
+        assert!(
+            !text
+                .lines()
+                .next()
+                .expect("a line")
+                .contains("test_accuracy")
+        );
+        let steps: Vec<usize> = lines.iter().map(|line| line.step).collect();
         assert_eq!(steps, [1, 2, 3]);
         let table = resumed.write_summary().expect("summary");
         assert!(table.contains("| 2 | 0.5000 | 20.00% |"), "{table}");

@@ -3,11 +3,12 @@
 //! gradients to a global norm. burn's own SGD dampens momentum by default and
 //! clips each tensor separately, which is not the reference recipe.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
-use burn::tensor::Tensor;
+use burn::tensor::{Device, Tensor, TensorData};
+use vit::checkpoint::Array;
 
 /// Momentum buffers, one per parameter, flattened.
 #[derive(Debug, Default)]
@@ -61,58 +62,91 @@ impl Sgd {
         (module.map(&mut update), norm)
     }
 
-    /// The momentum buffers in the shape of `module`'s parameters (zeros before the
-    /// first update, which is what a missing buffer means), for checkpoints.
-    /// `module` should be the parameter-only (`valid()`) copy of the trained module.
-    pub fn buffers_as_module<M: Module>(&self, module: M) -> M {
-        module.map(&mut AsModule {
-            buffers: &self.buffers,
-        })
-    }
-
-    /// Restores buffers saved by [`Self::buffers_as_module`]: `buffers` has the
-    /// structure of `module`, whose parameter ids the buffers are filed under.
-    pub fn restore_buffers<M: Module>(&mut self, module: &M, buffers: &M) {
-        let mut ids = Collect::default();
-        module.visit(&mut ids);
-        let mut tensors = Collect::default();
-        buffers.visit(&mut tensors);
-        self.buffers = ids
-            .ids
+    /// The momentum buffers by parameter path (`encoder.blocks.0.mlp.dense_0.weight`),
+    /// each in its parameter's shape, for checkpoints. Parameters without a buffer
+    /// (before their first update) are left out: a missing buffer means zeros.
+    pub fn buffers<M: Module>(&self, module: &M) -> BTreeMap<String, Array> {
+        parameters(module)
             .into_iter()
-            .zip(tensors.flat)
-            .collect::<HashMap<_, _>>();
+            .filter_map(|parameter| {
+                let buffer = self.buffers.get(&parameter.id)?.clone();
+                let values = buffer
+                    .try_into_vec_as::<f32>()
+                    .expect("reading a momentum buffer back from the device");
+                Some((parameter.path, Array::new(parameter.shape, values)))
+            })
+            .collect()
+    }
+
+    /// The optimiser with the buffers [`Self::buffers`] saved, filed under `module`'s
+    /// parameters (on `device`, without gradients). Every saved buffer must belong to
+    /// a parameter of the same shape.
+    pub fn with_buffers<M: Module>(
+        momentum: f64,
+        module: &M,
+        mut saved: BTreeMap<String, Array>,
+        device: &Device,
+    ) -> Result<Self, String> {
+        let mut buffers = HashMap::new();
+        for parameter in parameters(module) {
+            let Some(array) = saved.remove(&parameter.path) else {
+                continue;
+            };
+            if array.shape != parameter.shape {
+                return Err(format!(
+                    "the momentum of `{}` has shape {:?} but the parameter {:?}",
+                    parameter.path, array.shape, parameter.shape
+                ));
+            }
+            let count = array.data.len();
+            let buffer = Tensor::<1>::from_data(TensorData::new(array.data, [count]), device);
+            buffers.insert(parameter.id, buffer);
+        }
+        if let Some(path) = saved.keys().next() {
+            return Err(format!(
+                "momentum for `{path}`, which the model does not have"
+            ));
+        }
+        Ok(Self { momentum, buffers })
     }
 }
 
-struct AsModule<'a> {
-    buffers: &'a HashMap<ParamId, Tensor<1>>,
+/// A float parameter of a module: where it sits, its id and its shape.
+struct Parameter {
+    path: String,
+    id: ParamId,
+    shape: Vec<usize>,
 }
 
-impl ModuleMapper for AsModule<'_> {
-    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        let buffer = self.buffers.get(&param.id).cloned();
-        param.map(|tensor| match buffer {
-            Some(buffer) => buffer.reshape(tensor.shape()),
-            None => tensor.zeros_like(),
-        })
-    }
+/// Every float parameter of `module`, in visiting order.
+fn parameters<M: Module>(module: &M) -> Vec<Parameter> {
+    let mut visitor = Parameters::default();
+    module.visit(&mut visitor);
+    visitor.found
 }
 
-/// Parameter ids and flattened values, in visiting order (the same for two
-/// modules of one structure).
 #[derive(Default)]
-struct Collect {
-    ids: Vec<ParamId>,
-    flat: Vec<Tensor<1>>,
+struct Parameters {
+    /// The module names from the root to where the visit is.
+    path: Vec<String>,
+    found: Vec<Parameter>,
 }
 
-impl ModuleVisitor for Collect {
+impl ModuleVisitor for Parameters {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.push(name.to_string());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        let value = param.val();
-        let count = value.shape().num_elements();
-        self.ids.push(param.id);
-        self.flat.push(value.reshape([count]));
+        self.found.push(Parameter {
+            path: self.path.join("."),
+            id: param.id,
+            shape: param.shape().dims::<D>().to_vec(),
+        });
     }
 }
 
@@ -166,7 +200,6 @@ impl ModuleMapper for Update<'_> {
 #[cfg(test)]
 mod tests {
     use burn::nn::{Linear, LinearConfig};
-    use burn::tensor::{Device, TensorData};
 
     use super::*;
 
@@ -240,17 +273,21 @@ mod tests {
     #[test]
     fn saved_buffers_continue_the_same_momentum() {
         let mut sgd = Sgd::new(0.9);
+        // Before any update there are no buffers (they are zeros).
+        let (fresh, _) = layer_and_grads([0.0, 0.0]);
+        assert!(sgd.buffers(&fresh).is_empty());
         let (layer, grads) = layer_and_grads([1.0, -2.0]);
         let (layer, _) = sgd.step(layer, grads, 0.1, None);
-        let saved = sgd.buffers_as_module(layer.valid());
-        assert_eq!(weights(&saved), vec![1.0, -2.0]);
+        let saved = sgd.buffers(&layer);
+        assert_eq!(saved.keys().collect::<Vec<_>>(), ["weight"]);
+        assert_eq!(saved["weight"], Array::new(vec![1, 2], vec![1.0, -2.0]));
 
         // A restored optimiser on a rebuilt layer (new parameter ids) continues
         // exactly as the original one.
         let (rebuilt, _) = layer_and_grads([0.0, 0.0]);
         let rebuilt = rebuilt.map(&mut SetWeights(weights(&layer)));
-        let mut restored = Sgd::new(0.9);
-        restored.restore_buffers(&rebuilt, &saved);
+        let mut restored =
+            Sgd::with_buffers(0.9, &rebuilt, saved.clone(), &Device::flex()).expect("restore");
         let grad = |id| {
             let mut grads = GradientsParams::new();
             let data = TensorData::new(vec![0.5f32, 0.5], [1, 2]);
@@ -262,12 +299,15 @@ mod tests {
         let id = rebuilt.weight.id;
         let (continued, _) = restored.step(rebuilt, grad(id), 0.1, None);
         assert_eq!(weights(&original), weights(&continued));
-        // Before any update, the saved buffers are zeros.
-        let (fresh, _) = layer_and_grads([0.0, 0.0]);
-        assert_eq!(
-            weights(&Sgd::new(0.9).buffers_as_module(fresh)),
-            vec![0.0, 0.0]
-        );
+
+        // Buffers of another model are refused, by name.
+        let mut wrong = saved.clone();
+        wrong.insert("bias".into(), Array::new(vec![2], vec![0.0; 2]));
+        let error = Sgd::with_buffers(0.9, &fresh, wrong, &Device::flex()).unwrap_err();
+        assert!(error.contains("`bias`"), "{error}");
+        let mut reshaped = saved;
+        reshaped.insert("weight".into(), Array::new(vec![2, 1], vec![0.0; 2]));
+        assert!(Sgd::with_buffers(0.9, &fresh, reshaped, &Device::flex()).is_err());
     }
 
     struct SetWeights(Vec<f32>);

@@ -10,7 +10,7 @@ pub mod hf;
 pub mod npz;
 pub mod params;
 pub mod posemb;
-mod safetensors_io;
+pub mod safetensors_io;
 mod surgery;
 pub mod timm;
 pub mod torch_layout;
@@ -152,7 +152,6 @@ fn load_file(path: &Path, options: &LoadOptions) -> Result<Checkpoint, Checkpoin
         let arrays = npz::read_npz(BufReader::new(file))?;
         return from_npz_arrays(arrays);
     }
-    drop(file);
     let bytes = read(path)?;
     let tensors = Tensors::parse(&[&bytes]).map_err(|error| match error {
         CheckpointError::Safetensors(message) => CheckpointError::UnknownFormat {

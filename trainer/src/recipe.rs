@@ -1,0 +1,281 @@
+//! What a training run is, apart from the command line that started it: the recipe
+//! (everything that decides what the run computes, which a resumed run keeps) and the
+//! runtime options (how it is carried out, which a resumed run may change).
+//!
+//! A checkpoint's `state.json` stores both as one flat object whose keys are the
+//! command-line option names (`--accum-steps` is `accum_steps`), so a resumed run can
+//! say which option contradicts its recipe.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Result, ensure};
+use serde::{Deserialize, Serialize};
+use vit::ViTConfig;
+use vit::preprocess::Normalization;
+
+use crate::augment;
+use crate::schedule::{Decay, Schedule};
+
+/// Everything that decides what a run computes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Recipe {
+    /// Total updates.
+    pub steps: usize,
+    /// A preset name or a JSON config file; `None`: the pretrained checkpoint's.
+    pub model: Option<String>,
+    /// What happens to a pretrained pre-logits layer; `None`: drop it, unless
+    /// `model` says otherwise.
+    #[serde(default)]
+    pub representation_size: Option<RepresentationSize>,
+    /// `none`, a local path, `gs://`, `hf:` or an https URL.
+    pub pretrained: String,
+    pub dataset: String,
+    pub val_split: Option<f64>,
+    /// Fail on unreadable images instead of skipping them.
+    pub strict: bool,
+    /// Images per update.
+    pub batch: usize,
+    /// Micro-batches per update.
+    pub accum_steps: usize,
+    pub lr: f64,
+    pub warmup: usize,
+    pub decay: Decay,
+    pub momentum: f64,
+    /// Global-norm clipping threshold; 0 disables it.
+    pub grad_clip: f64,
+    pub resolution: usize,
+    #[serde(default = "reference_min_crop_area")]
+    pub min_crop_area: f32,
+    /// Replace the model's input normalisation (per channel, in [0, 1] units).
+    #[serde(default)]
+    pub image_mean: Option<[f32; 3]>,
+    #[serde(default)]
+    pub image_std: Option<[f32; 3]>,
+    /// Dropout rate; `None`: the model's.
+    pub dropout: Option<f64>,
+    /// Seed of the data order and the augmentations.
+    pub seed: u64,
+}
+
+/// For runs saved before `--min-crop-area` existed.
+fn reference_min_crop_area() -> f32 {
+    augment::MIN_CROP_AREA
+}
+
+/// How a run is carried out: none of it changes the numbers it computes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Runtime {
+    pub eval_every: usize,
+    pub log_every: usize,
+    pub checkpoint_every: usize,
+    pub workdir: PathBuf,
+    /// Where downloads are cached; `None`: the user's cache folder.
+    pub data_dir: Option<PathBuf>,
+    pub device: String,
+    pub threads: Option<usize>,
+}
+
+/// Both halves, as `state.json` stores them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunOptions {
+    #[serde(flatten)]
+    pub recipe: Recipe,
+    #[serde(flatten)]
+    pub runtime: Runtime,
+}
+
+/// `--representation-size`: what fine-tuning does with the pre-logits layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "String", try_from = "String")]
+pub enum RepresentationSize {
+    /// No pre-logits layer: the pretrained one is dropped.
+    None,
+    /// The pretrained checkpoint's own (none if it has none).
+    Keep,
+    /// A pre-logits layer of this size (the pretrained one, which must have it).
+    Size(usize),
+}
+
+impl std::str::FromStr for RepresentationSize {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "none" => Ok(Self::None),
+            "keep" => Ok(Self::Keep),
+            _ => match text.parse::<usize>() {
+                Ok(size) if size > 0 => Ok(Self::Size(size)),
+                _ => Err(format!(
+                    "expected `none`, `keep` or a positive size, not `{text}`"
+                )),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for RepresentationSize {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::None => f.write_str("none"),
+            Self::Keep => f.write_str("keep"),
+            Self::Size(size) => write!(f, "{size}"),
+        }
+    }
+}
+
+impl From<RepresentationSize> for String {
+    fn from(value: RepresentationSize) -> Self {
+        value.to_string()
+    }
+}
+
+impl TryFrom<String> for RepresentationSize {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        text.parse()
+    }
+}
+
+impl Recipe {
+    /// Refuses recipes that cannot run, naming the option.
+    pub fn validate(&self) -> Result<()> {
+        ensure!(self.steps > 0, "--steps must be at least 1");
+        ensure!(self.batch > 0, "--batch must be at least 1");
+        ensure!(
+            self.accum_steps > 0 && self.batch.is_multiple_of(self.accum_steps),
+            "--batch {} must be a multiple of --accum-steps {}",
+            self.batch,
+            self.accum_steps
+        );
+        ensure!(
+            self.min_crop_area > 0.0 && self.min_crop_area <= 1.0,
+            "--min-crop-area must be in (0, 1], not {}",
+            self.min_crop_area
+        );
+        Ok(())
+    }
+
+    /// Images per forward pass.
+    pub fn micro_batch(&self) -> usize {
+        self.batch / self.accum_steps
+    }
+
+    pub fn schedule(&self) -> Schedule {
+        Schedule {
+            base_lr: self.lr,
+            warmup_steps: self.warmup,
+            total_steps: self.steps,
+            decay: self.decay,
+        }
+    }
+
+    /// `base` with `--image-mean` and `--image-std` applied.
+    pub fn normalization(&self, base: Normalization) -> Normalization {
+        base.replaced(self.image_mean, self.image_std)
+    }
+
+    /// How the exported model was made, in a sentence that travels with it (the
+    /// browser page shows it). Paths are cut to their file names: they mean nothing
+    /// on another machine.
+    pub fn describe(
+        &self,
+        config: &ViTConfig,
+        test_accuracy: Option<f64>,
+        test_images: usize,
+    ) -> String {
+        let name = |source: &str| {
+            if source.contains("://") || source.starts_with("hf:") {
+                source.to_owned()
+            } else {
+                Path::new(source).file_name().map_or_else(
+                    || source.to_owned(),
+                    |name| name.to_string_lossy().into_owned(),
+                )
+            }
+        };
+        let origin = if self.pretrained == "none" {
+            "trained from scratch".to_owned()
+        } else {
+            format!("fine-tuned from {}", name(&self.pretrained))
+        };
+        let mut text = format!(
+            "ViT ({:.1} M parameters, {} px, {} px patches) {origin} on {} for {} steps of {} images",
+            config.num_params() as f64 / 1e6,
+            config.image_size,
+            config.patch_size,
+            name(&self.dataset),
+            self.steps,
+            self.batch
+        );
+        if let Some(accuracy) = test_accuracy {
+            text.push_str(&format!(
+                "; test accuracy {:.2}% on {test_images} images",
+                accuracy * 100.0
+            ));
+        }
+        text
+    }
+}
+
+impl Runtime {
+    /// Refuses options that cannot work, naming them.
+    pub fn validate(&self) -> Result<()> {
+        ensure!(
+            self.eval_every > 0 && self.log_every > 0 && self.checkpoint_every > 0,
+            "--eval-every, --log-every and --checkpoint-every must be at least 1"
+        );
+        Ok(())
+    }
+
+    pub fn cache_dir(&self) -> PathBuf {
+        self.data_dir
+            .clone()
+            .unwrap_or_else(crate::data::download::cache_dir)
+    }
+}
+
+impl RunOptions {
+    /// The names of the runtime options (a resumed run may give them anew).
+    pub fn runtime_names(&self) -> Vec<String> {
+        match serde_json::to_value(&self.runtime) {
+            Ok(serde_json::Value::Object(fields)) => fields.keys().cloned().collect(),
+            _ => Vec::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_json_is_one_flat_object_keyed_by_option_names() {
+        let options = crate::cli::tests::options(&["--accum-steps", "4", "--eval-every", "7"]);
+        let json = serde_json::to_value(&options).expect("json");
+        assert_eq!(json["accum_steps"], 4);
+        assert_eq!(json["eval_every"], 7);
+        assert_eq!(json["representation_size"], serde_json::Value::Null);
+        let back: RunOptions = serde_json::from_value(json).expect("back");
+        assert_eq!(back, options);
+        assert!(options.runtime_names().contains(&"eval_every".to_string()));
+        assert!(!options.runtime_names().contains(&"accum_steps".to_string()));
+    }
+
+    #[test]
+    fn representation_sizes_read_and_write_as_on_the_command_line() {
+        for (text, value) in [
+            ("none", RepresentationSize::None),
+            ("keep", RepresentationSize::Keep),
+            ("768", RepresentationSize::Size(768)),
+        ] {
+            assert_eq!(text.parse::<RepresentationSize>(), Ok(value));
+            assert_eq!(value.to_string(), text);
+            let json = serde_json::to_value(value).expect("json");
+            assert_eq!(json, serde_json::json!(text));
+        }
+        for bad in ["0", "-1", "big", ""] {
+            assert!(bad.parse::<RepresentationSize>().is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,311 @@
+//! The training loop: updates over micro-batches, metrics, evaluations and
+//! checkpoints, until the last step or a stop.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Receiver;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail, ensure};
+use burn::module::Module;
+use burn::optim::{GradientsAccumulator, GradientsParams};
+use burn::tensor::activation::log_softmax;
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use indicatif::ProgressBar;
+use vit::VisionTransformer;
+
+use super::Completion;
+use crate::data::Dataset;
+use crate::metrics::{Metrics, MetricsLine};
+use crate::optimizer::Sgd;
+use crate::pipeline::{self, MicroBatch, Plan};
+use crate::recipe::RunOptions;
+use crate::{checkpoint, eval, progress};
+
+/// Mean softmax cross-entropy of `logits` [B, C] against class `targets`.
+pub fn cross_entropy(logits: Tensor<2>, targets: &[usize]) -> Tensor<1> {
+    let device = logits.device();
+    let [batch, _] = logits.dims();
+    let targets: Vec<i64> = targets.iter().map(|&t| t as i64).collect();
+    let targets = Tensor::<2, Int>::from_data(TensorData::new(targets, [batch, 1]), &device);
+    let picked = log_softmax(logits, 1).gather(1, targets);
+    picked.mean().neg()
+}
+
+/// Where training starts: a fresh model, or a checkpoint's.
+pub struct Start {
+    pub model: VisionTransformer,
+    pub optimizer: Sgd,
+    /// Updates already done.
+    pub step: usize,
+    pub metrics: Metrics,
+}
+
+/// What every step of a run reads.
+pub struct Run<'a> {
+    pub options: &'a RunOptions,
+    /// `--stop-after`: stop with a checkpoint once this many updates are done.
+    pub stop_after: Option<usize>,
+    pub classes: &'a [String],
+    pub train_set: &'a Dataset,
+    pub test_set: &'a Dataset,
+    pub device: &'a Device,
+    pub interrupted: Arc<AtomicBool>,
+}
+
+/// What one update reports.
+struct StepReport {
+    loss: f64,
+    grad_norm: f64,
+    lr: f64,
+}
+
+impl Run<'_> {
+    /// Trains from `start` to the last step and gives the model with its final
+    /// test accuracy, or stops early with a checkpoint (Ctrl-C, `--stop-after`)
+    /// and says how.
+    pub fn train(
+        &self,
+        start: Start,
+    ) -> Result<Result<(VisionTransformer, Option<f64>), Completion>> {
+        let RunOptions { recipe, runtime } = self.options;
+        ensure!(
+            !self.train_set.images.is_empty(),
+            "the training set is empty"
+        );
+        let Start {
+            mut model,
+            mut optimizer,
+            step: first,
+            mut metrics,
+        } = start;
+        let plan = Plan {
+            batch: recipe.batch,
+            micro_batch: recipe.micro_batch(),
+            seed: recipe.seed,
+            size: model.config().image_size,
+            min_crop_area: recipe.min_crop_area,
+            normalization: model.config().normalization,
+        };
+        let steps = recipe.steps;
+        let bar = progress::training(steps, first);
+        let mut last_checkpoint = (first > 0).then_some(first);
+        let outcome = pipeline::with_batches(self.train_set, plan, first..steps, |batches| {
+            for step in first..steps {
+                let started = Instant::now();
+                let (updated, report) = self.update(model, &mut optimizer, step, batches)?;
+                model = updated;
+                let number = step + 1;
+                let StepReport {
+                    loss,
+                    grad_norm,
+                    lr,
+                } = report;
+                if !loss.is_finite() || !grad_norm.is_finite() {
+                    bar.abandon();
+                    bail!(
+                        "the loss became {loss} (gradient norm {grad_norm}) at step {number}; {}. \
+                         Lower --lr, or check the data",
+                        self.kept_checkpoint(last_checkpoint)
+                    );
+                }
+                let images_per_sec = recipe.batch as f64 / started.elapsed().as_secs_f64();
+                bar.set_message(format!(
+                    "loss {loss:.4} lr {lr:.2e} {images_per_sec:.1} img/s"
+                ));
+                bar.inc(1);
+                let mut line = MetricsLine {
+                    step: number,
+                    loss,
+                    lr,
+                    grad_norm,
+                    images_per_sec,
+                    test_accuracy: None,
+                };
+                let is_eval = number % runtime.eval_every == 0 || number == steps;
+                if is_eval {
+                    bar.set_message(format!(
+                        "evaluating on {} test images",
+                        self.test_set.images.len()
+                    ));
+                    let accuracy = self.test_accuracy(&model, plan.micro_batch);
+                    line.test_accuracy = Some(accuracy);
+                    progress::log(
+                        &bar,
+                        &format!("step {number}: test accuracy {:.2}%", accuracy * 100.0),
+                    );
+                }
+                if is_eval || number % runtime.log_every == 0 || number == 1 {
+                    metrics.record(&line)?;
+                    progress::log(
+                        &bar,
+                        &format!(
+                            "step {number}/{steps}: loss {loss:.6} lr {lr:.6} grad norm {grad_norm:.4} {images_per_sec:.1} img/s"
+                        ),
+                    );
+                }
+                if is_eval {
+                    metrics.write_plot()?;
+                }
+                let stop_here = self.stop_after == Some(number);
+                let interrupted = self.interrupted.load(Ordering::SeqCst);
+                if interrupted
+                    || stop_here
+                    || number % runtime.checkpoint_every == 0
+                    || number == steps
+                {
+                    bar.set_message("writing a checkpoint");
+                    self.save(&model, &optimizer, number)?;
+                    last_checkpoint = Some(number);
+                }
+                if (interrupted || stop_here) && number < steps {
+                    bar.abandon();
+                    eprintln!(
+                        "{}: checkpoint at step {number} in {}; continue with: trainer --resume --workdir {}",
+                        if interrupted {
+                            "interrupted"
+                        } else {
+                            "stopped as asked"
+                        },
+                        checkpoint::dir(&runtime.workdir).display(),
+                        runtime.workdir.display()
+                    );
+                    return Ok(Err(if interrupted {
+                        Completion::Interrupted
+                    } else {
+                        Completion::Stopped
+                    }));
+                }
+            }
+            Ok(Ok(model))
+        })?;
+        let model = match outcome {
+            Ok(model) => model,
+            Err(stopped) => return Ok(Err(stopped)),
+        };
+        bar.finish();
+        metrics.write_plot()?;
+        println!("{}", metrics.write_summary()?);
+        Ok(Ok((model, metrics.final_test_accuracy())))
+    }
+
+    /// One update (`step` counted from 0) over its micro-batches.
+    fn update(
+        &self,
+        model: VisionTransformer,
+        optimizer: &mut Sgd,
+        step: usize,
+        batches: &Receiver<MicroBatch>,
+    ) -> Result<(VisionTransformer, StepReport)> {
+        let recipe = &self.options.recipe;
+        let training_device = self.device.clone().autodiff();
+        let size = model.config().image_size;
+        let mut accumulator = GradientsAccumulator::<VisionTransformer>::new();
+        let mut loss = 0.0;
+        for _ in 0..recipe.accum_steps {
+            let batch = batches.recv().context("the input pipeline stopped")?;
+            debug_assert_eq!(batch.step, step);
+            let images = Tensor::<4>::from_data(
+                TensorData::new(batch.pixels, [batch.targets.len(), 3, size, size]),
+                &training_device,
+            );
+            let part =
+                cross_entropy(model.forward(images), &batch.targets) / recipe.accum_steps as f64;
+            loss += f64::from(part.clone().into_scalar::<f32>());
+            let grads = GradientsParams::from_grads(part.backward(), &model);
+            accumulator.accumulate(&model, grads);
+        }
+        let lr = recipe.schedule().lr_at(step);
+        let clip = (recipe.grad_clip > 0.0).then_some(recipe.grad_clip);
+        let (model, grad_norm) = optimizer.step(model, accumulator.grads(), lr, clip);
+        Ok((
+            model,
+            StepReport {
+                loss,
+                grad_norm,
+                lr,
+            },
+        ))
+    }
+
+    fn test_accuracy(&self, model: &VisionTransformer, batch: usize) -> f64 {
+        let hidden = ProgressBar::hidden();
+        let predictions =
+            eval::predict_all(&model.valid(), self.test_set, batch, self.device, &hidden);
+        eval::accuracy(&predictions, &self.test_set.labels)
+    }
+
+    fn kept_checkpoint(&self, last: Option<usize>) -> String {
+        match last {
+            Some(step) => format!(
+                "the last good checkpoint (step {step}) is kept in {}",
+                checkpoint::dir(&self.options.runtime.workdir).display()
+            ),
+            None => "no checkpoint had been written yet".to_string(),
+        }
+    }
+
+    fn save(&self, model: &VisionTransformer, optimizer: &Sgd, completed: usize) -> Result<()> {
+        let state = checkpoint::State {
+            step: completed,
+            args: self.options.clone(),
+            classes: self.classes.to_vec(),
+        };
+        checkpoint::save(&self.options.runtime.workdir, model, optimizer, &state)
+            .context("cannot write the checkpoint")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::tensor::Distribution;
+
+    use super::*;
+
+    #[test]
+    fn cross_entropy_of_uniform_logits_is_ln_classes() {
+        let device = Device::flex();
+        let logits = Tensor::<2>::zeros([2, 10], &device);
+        let loss = cross_entropy(logits, &[3, 7]).into_scalar::<f32>();
+        assert!((loss - 10f32.ln()).abs() < 1e-6);
+        let logits = Tensor::<2>::from_data(TensorData::new(vec![2.0f32, 0.0], [1, 2]), &device);
+        let loss = cross_entropy(logits, &[1]).into_scalar::<f32>();
+        assert!((loss - (1.0 + (-2f32).exp()).ln() - 2.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn accumulated_micro_batches_equal_one_large_batch() {
+        let device = Device::flex().autodiff();
+        let mut model =
+            VisionTransformer::new(&super::super::tests::tiny_config(), &device).unwrap();
+        // A non-zero head, so that every parameter gets a gradient.
+        model.head = Some(burn::nn::LinearConfig::new(8, 3).init(&device));
+        let images = Tensor::<4>::random([4, 3, 8, 8], Distribution::Uniform(-1.0, 1.0), &device);
+        let targets = [0, 2, 1, 2];
+        let whole = cross_entropy(model.forward(images.clone()), &targets);
+        let whole = GradientsParams::from_grads(whole.backward(), &model);
+        let mut accumulator = GradientsAccumulator::<VisionTransformer>::new();
+        for half in 0..2 {
+            let part = images.clone().narrow(0, half * 2, 2);
+            let loss = cross_entropy(model.forward(part), &targets[half * 2..half * 2 + 2]) / 2.0;
+            accumulator.accumulate(&model, GradientsParams::from_grads(loss.backward(), &model));
+        }
+        let accumulated = accumulator.grads();
+        let norm_whole = Sgd::global_norm(&model, &whole);
+        let norm_accumulated = Sgd::global_norm(&model, &accumulated);
+        assert!(norm_whole > 0.0);
+        assert!((norm_whole - norm_accumulated).abs() < 1e-5 * norm_whole);
+        let id = model.head.as_ref().unwrap().weight.id;
+        let a = whole
+            .get::<2>(id)
+            .unwrap()
+            .try_into_vec_as::<f32>()
+            .unwrap();
+        let b = accumulated
+            .get::<2>(id)
+            .unwrap()
+            .try_into_vec_as::<f32>()
+            .unwrap();
+        assert!(a.iter().zip(&b).all(|(x, y)| (x - y).abs() < 1e-6));
+    }
+}
