@@ -86,25 +86,9 @@ fn build_site(root: &Path, out: &Path) -> PathBuf {
     dist
 }
 
-fn extract_cifar_image(root: &Path, out: &Path) -> PathBuf {
-    let archive = root.join("../shared/data/cifar10-jpeg.tar.gz");
-    assert!(
-        archive.is_file(),
-        "{} is missing: the end-to-end test classifies a real CIFAR-10 image (see ../shared/data/README.md)",
-        archive.display()
-    );
-    let dir = out.join("cifar");
-    std::fs::create_dir_all(&dir).expect("create the image folder");
-    run(
-        Command::new("tar")
-            .arg("-xzf")
-            .arg(&archive)
-            .arg("-C")
-            .arg(&dir)
-            .arg(CIFAR_MEMBER),
-        "tar (extracting a CIFAR-10 image)",
-    );
-    dir.join(CIFAR_MEMBER)
+/// A real CIFAR-10 test image from the committed sample (`tests/data/`).
+fn cifar_image(root: &Path) -> PathBuf {
+    root.join("tests/data/cifar10-sample").join(CIFAR_MEMBER)
 }
 
 fn trainer_binary(root: &Path) -> PathBuf {
@@ -172,7 +156,7 @@ fn browser_app_matches_trainer_predict() {
     let _ = std::fs::remove_dir_all(&out);
     std::fs::create_dir_all(&out).expect("create the test output folder");
 
-    let image = extract_cifar_image(&root, &out);
+    let image = cifar_image(&root);
     let text = out.join("notes.txt");
     std::fs::write(&text, "This is a text file, not an image.\n").expect("write a text file");
     let native = native_top5(&root, &image);

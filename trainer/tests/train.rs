@@ -1,5 +1,5 @@
 //! End to end: a tiny ViT fine-tuned for a few steps on a tiny data set made of real
-//! CIFAR-10 JPEGs (from the team's shared data), then used through `trainer predict`.
+//! CIFAR-10 JPEGs (the sample in `tests/data/`), then used through `trainer predict`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -10,29 +10,20 @@ fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// `DIR/train/<class>/` with 8 images and `DIR/test/<class>/` with 4, per class.
+/// `DIR/train/<class>/` with 8 images and `DIR/test/<class>/` with 4, per class, copied
+/// from the committed sample of real CIFAR-10 JPEGs (`tests/data/`).
 fn tiny_cifar(dir: &Path) {
-    let archive = repo().join("../shared/data/cifar10-jpeg.tar.gz");
-    assert!(
-        archive.exists(),
-        "missing {} (the team's shared data)",
-        archive.display()
-    );
-    let mut patterns = Vec::new();
+    let sample = repo().join("tests/data/cifar10-sample");
     for class in CLASSES {
-        patterns.push(format!("train/{class}/000[0-7].jpg"));
-        patterns.push(format!("test/{class}/000[0-3].jpg"));
+        for (split, count) in [("train", 8), ("test", 4)] {
+            let to = dir.join(split).join(class);
+            std::fs::create_dir_all(&to).unwrap();
+            for index in 0..count {
+                let name = format!("{index:04}.jpg");
+                std::fs::copy(sample.join(split).join(class).join(&name), to.join(&name)).unwrap();
+            }
+        }
     }
-    let status = Command::new("tar")
-        .arg("-xzf")
-        .arg(&archive)
-        .arg("-C")
-        .arg(dir)
-        .arg("--wildcards")
-        .args(&patterns)
-        .status()
-        .expect("tar runs");
-    assert!(status.success());
 }
 
 fn metrics(workdir: &Path) -> Vec<serde_json::Value> {

@@ -402,38 +402,11 @@ impl std::fmt::Display for Failure {
     }
 }
 
-/// Decodes every source, in parallel over contiguous chunks (one per core),
-/// returning results in input order.
+/// Decodes every source on the rayon pool (which `--threads` sizes), returning
+/// results in input order. Each image's bytes are freed as soon as it is decoded.
 fn decode_all(sources: Vec<Source>) -> Vec<Result<RgbImage, Failure>> {
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
-        .min(sources.len().max(1));
-    let chunk = sources.len().div_ceil(threads).max(1);
-    // Owned chunks, so each image's bytes are freed as soon as it is decoded.
-    let mut chunks: Vec<Vec<Source>> = Vec::with_capacity(threads);
-    let mut iter = sources.into_iter();
-    loop {
-        let part: Vec<Source> = iter.by_ref().take(chunk).collect();
-        if part.is_empty() {
-            break;
-        }
-        chunks.push(part);
-    }
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = chunks
-            .into_iter()
-            .map(|part| scope.spawn(move || part.into_iter().map(decode_one).collect::<Vec<_>>()))
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| match h.join() {
-                Ok(v) => v,
-                // A panic in the decoder is a bug there; surface it as such.
-                Err(payload) => std::panic::resume_unwind(payload),
-            })
-            .collect()
-    })
+    use rayon::prelude::*;
+    sources.into_par_iter().map(decode_one).collect()
 }
 
 fn decode_one(source: Source) -> Result<RgbImage, Failure> {
