@@ -180,3 +180,20 @@ fn preprocessing_matches_torch_bilinear() {
         assert!(diff < 1e-5, "{name}: max abs diff {diff}");
     }
 }
+
+#[test]
+fn preprocessor_config_normalisation_matches_transformers() {
+    // ImageNet's mean and standard deviation, from preprocessor_config.json: the input
+    // equals transformers' ViTImageProcessor output, the logits its model's.
+    let checkpoint = load("hf_vit_imagenet");
+    assert_eq!(
+        checkpoint.config.normalization,
+        vit::preprocess::Normalization::IMAGENET
+    );
+    let io = read_tensors("hf_vit_imagenet.io.safetensors");
+    let bytes = std::fs::read(fixture("hf_vit_imagenet.png")).unwrap();
+    let input = vit::preprocess::preprocess(&bytes, 32, &checkpoint.config.normalization).unwrap();
+    let diff = max_abs_diff(&input.data, &io["input"].data);
+    assert!(diff < 1e-5, "input: max abs diff {diff}");
+    assert_matches_reference("hf_vit_imagenet", &checkpoint, "logits");
+}

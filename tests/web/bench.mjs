@@ -1,7 +1,8 @@
 // Times the browser app in headless chromium (called by bench.sh):
 //   node bench.mjs DIST_DIR MODEL_DIR IMAGE RUNS
 // Serves DIST_DIR under /vit-demo/ with MODEL_DIR as its model/, then prints
-// JSON: time until the model is ready, and per-image latency as the page
+// JSON: time until the model is ready, the worker's memory after loading it, and
+// per-image latency as the page
 // reports it (worker: decode + preprocess + forward + rollout) and as seen
 // from outside (upload to results shown).
 import { serve } from './serve.mjs';
@@ -17,6 +18,10 @@ try {
   const start = performance.now();
   const page = await openPage(browser, url, log);
   const ready_ms = performance.now() - start;
+  // The worker's wasm memory after loading: the most loading the model took.
+  const memory_bytes = await page.evaluate(
+    () => Number(document.querySelector('[data-testid="model-memory"]')?.dataset.bytes ?? NaN),
+  );
   await upload(page, image); // warm-up
   const worker_ms = [];
   const page_ms = [];
@@ -27,7 +32,7 @@ try {
     worker_ms.push(result.latency_ms);
   }
   console.log(JSON.stringify({
-    model: modelDir, runs, ready_ms: Math.round(ready_ms),
+    model: modelDir, runs, ready_ms: Math.round(ready_ms), memory_mb: Math.round(memory_bytes / 1e6),
     worker_median_ms: median(worker_ms), page_median_ms: Math.round(median(page_ms)), worker_ms,
   }));
 } catch (error) {

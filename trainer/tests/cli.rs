@@ -64,25 +64,154 @@ fn predict_json_prints_one_object_per_image() {
     }
 }
 
+/// `logits` of a committed reference file, per image.
+fn reference_logits(name: &str) -> Vec<Vec<f64>> {
+    let bytes = std::fs::read(fixture(name)).unwrap();
+    let tensors = vit::checkpoint::safetensors_io::Tensors::parse(&[&bytes]).unwrap();
+    let logits = tensors.get("logits").unwrap();
+    logits
+        .data
+        .chunks(logits.shape[1])
+        .map(|row| row.iter().map(|&v| f64::from(v)).collect())
+        .collect()
+}
+
+fn json_logits(stdout: &str) -> Vec<f64> {
+    let value: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    value["logits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect()
+}
+
+fn assert_close(ours: &[f64], reference: &[f64], what: &str) {
+    assert_eq!(ours.len(), reference.len(), "{what}");
+    let diff = ours
+        .iter()
+        .zip(reference)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
+    assert!(diff < 1e-4, "{what}: max abs diff {diff} to the reference");
+}
+
 #[test]
-fn predict_prints_a_readable_list_and_resizes_on_request() {
+fn predict_runs_the_model_at_another_resolution_as_the_reference() {
     let checkpoint = fixture("google_token.npz");
     let image = fixture("preprocess_image.png");
-    let out = trainer(&[
-        "predict",
-        "--checkpoint",
-        checkpoint.to_str().unwrap(),
-        "--image-size",
-        "48",
-        image.to_str().unwrap(),
-    ]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let stdout = text(&out.stdout);
+    let predict = |extra: &[&str]| {
+        let mut args = vec!["predict", "--checkpoint", checkpoint.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        args.push(image.to_str().unwrap());
+        let out = trainer(&args);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    // The image resized to 48 px and the position embeddings zoomed as vit_jax does
+    // (tests/fixtures/generate.py: numpy forward, scipy zoom); at the model's own 32 px
+    // the logits differ, so the flag cannot go unnoticed.
+    let at_48 = json_logits(&predict(&["--image-size", "48", "--json"]));
+    assert_close(
+        &at_48,
+        &reference_logits("google_token_48.io.safetensors")[0],
+        "48 px",
+    );
+    let at_32 = json_logits(&predict(&["--json"]));
+    assert!(at_32.iter().zip(&at_48).any(|(a, b)| (a - b).abs() > 1e-2));
+    // Without --json, a readable list of the top five.
+    let stdout = predict(&["--image-size", "48"]);
     assert!(stdout.contains("preprocess_image.png"), "{stdout}");
     assert_eq!(
         stdout.lines().filter(|line| line.contains('%')).count(),
         5,
         "{stdout}"
+    );
+}
+
+#[test]
+fn predict_normalises_as_the_checkpoint_says_and_as_told() {
+    // A Hugging Face folder whose preprocessor_config.json asks for ImageNet's mean and
+    // standard deviation (as DeiT's): transformers' own processor and model gave these.
+    let checkpoint = fixture("hf_vit_imagenet");
+    let image = fixture("hf_vit_imagenet.png");
+    let predict = |extra: &[&str]| {
+        let mut args = vec![
+            "predict",
+            "--json",
+            "--checkpoint",
+            checkpoint.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        args.push(image.to_str().unwrap());
+        let out = trainer(&args);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        json_logits(&text(&out.stdout))
+    };
+    let reference = &reference_logits("hf_vit_imagenet.io.safetensors")[0];
+    assert_close(&predict(&[]), reference, "from preprocessor_config.json");
+    // Told otherwise, it computes something else; told the same, the same.
+    let other = predict(&["--image-mean", "0.5", "--image-std", "0.5"]);
+    assert!(
+        other
+            .iter()
+            .zip(reference)
+            .any(|(a, b)| (a - b).abs() > 1e-2)
+    );
+    let told = predict(&[
+        "--image-mean",
+        "0.485,0.456,0.406",
+        "--image-std",
+        "0.229,0.224,0.225",
+    ]);
+    assert_close(&told, reference, "--image-mean/--image-std");
+    let out = trainer(&[
+        "predict",
+        "--checkpoint",
+        checkpoint.to_str().unwrap(),
+        "--image-std",
+        "0,1,1",
+        image.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("image_std"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn exports_carry_the_normalisation_for_transformers_and_for_us() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("exported");
+    let out = trainer(&[
+        "export",
+        "--checkpoint",
+        fixture("hf_vit_imagenet").to_str().unwrap(),
+        "--out",
+        out_dir.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let preprocessor: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out_dir.join("preprocessor_config.json")).unwrap())
+            .unwrap();
+    assert_eq!(preprocessor["image_processor_type"], "ViTImageProcessor");
+    assert_eq!(preprocessor["size"]["height"], 32);
+    let mean: Vec<f64> = serde_json::from_value(preprocessor["image_mean"].clone()).unwrap();
+    assert!((mean[0] - 0.485).abs() < 1e-6, "{mean:?}");
+    let out = trainer(&[
+        "predict",
+        "--json",
+        "--checkpoint",
+        out_dir.to_str().unwrap(),
+        fixture("hf_vit_imagenet.png").to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_close(
+        &json_logits(&text(&out.stdout)),
+        &reference_logits("hf_vit_imagenet.io.safetensors")[0],
+        "the export",
     );
 }
 

@@ -366,7 +366,18 @@ fn ModelPanel(state: State) -> impl IntoView {
                 <span class="backend">" · runs on " {move || state.backend.get()}</span>
             </p>
             {progress}
-            <p class="details">{details}</p>
+            <p class="details">
+                {details}
+                {move || {
+                    state.model.get().and_then(|model| model.memory_bytes).map(|bytes| {
+                        view! {
+                            <span data-testid="model-memory" data-bytes=bytes.to_string()>
+                                {format!(" · {} MB of memory", bytes / 1_000_000)}
+                            </span>
+                        }
+                    })
+                }}
+            </p>
             <p class="details" data-testid="model-description">
                 {move || state.model.get().and_then(|model| model.description)}
             </p>

@@ -59,23 +59,27 @@ impl LoadedModel {
         device: &Device,
     ) -> Result<Self, ModelError> {
         let checkpoint = vit::checkpoint::from_hf_bytes(config_json, weights)?;
-        Self::from_checkpoint(&checkpoint, source, device)
+        Self::from_checkpoint(checkpoint, source, device)
     }
 
+    /// Builds the model, moving the checkpoint's weights into it (the browser's
+    /// 32-bit heap holds one copy, not two).
     pub fn from_checkpoint(
-        checkpoint: &Checkpoint,
+        checkpoint: Checkpoint,
         source: &str,
         device: &Device,
     ) -> Result<Self, ModelError> {
         if checkpoint.config.num_classes == 0 {
             return Err(ModelError::NoHead);
         }
+        let labels = checkpoint.label_names();
+        let description = checkpoint.description.clone();
         Ok(Self {
-            model: checkpoint.build(device)?,
-            labels: checkpoint.label_names(),
+            model: checkpoint.into_model(device)?,
+            labels,
             device: device.clone(),
             source: source.to_owned(),
-            description: checkpoint.description.clone(),
+            description,
         })
     }
 
@@ -94,6 +98,7 @@ impl LoadedModel {
             num_classes: config.num_classes,
             num_params: config.num_params(),
             description: self.description.clone(),
+            memory_bytes: None,
         }
     }
 

@@ -55,6 +55,10 @@ pub struct ModelInfo {
     pub num_params: usize,
     /// How the model was made, from its config.json (`vit_description`), if it says.
     pub description: Option<String>,
+    /// The worker's memory after loading the model: the wasm heap never shrinks, so
+    /// this is the most loading took (`None` outside the browser).
+    #[serde(default)]
+    pub memory_bytes: Option<u64>,
 }
 
 /// One class of the top-k, most probable first.

@@ -65,7 +65,8 @@ impl Worker {
     fn load_model(&mut self, source: String, config: &[u8], weights: &[u8]) -> Response {
         match LoadedModel::from_export(config, weights, &source, &self.device) {
             Ok(model) => {
-                let info = model.info();
+                let mut info = model.info();
+                info.memory_bytes = Some(memory_bytes());
                 self.model = Some(model);
                 Response::ModelLoaded { model: info }
             }
@@ -106,6 +107,13 @@ impl Worker {
             .performance()
             .map_or_else(js_sys::Date::now, |performance| performance.now())
     }
+}
+
+/// The size of this worker's wasm memory, which only grows.
+fn memory_bytes() -> u64 {
+    let memory: js_sys::WebAssembly::Memory = wasm_bindgen::memory().unchecked_into();
+    let buffer: ArrayBuffer = memory.buffer().unchecked_into();
+    u64::from(buffer.byte_length())
 }
 
 /// The `index`-th payload of a message as bytes (empty when absent).
