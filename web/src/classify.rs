@@ -2,6 +2,7 @@
 //! load a model in the export format, classify image bytes, roll out attention.
 
 use burn::tensor::{Device, Tensor};
+use vit::checkpoint::ByteSource;
 use vit::prediction::{self, Ranked};
 use vit::{Checkpoint, CheckpointError, ViTConfig, VisionTransformer};
 
@@ -54,11 +55,11 @@ impl LoadedModel {
     /// Builds the model from the export format's two files.
     pub fn from_export(
         config_json: &[u8],
-        weights: &[u8],
+        weights: &dyn ByteSource,
         source: &str,
         device: &Device,
     ) -> Result<Self, ModelError> {
-        let checkpoint = vit::checkpoint::from_hf_bytes(config_json, weights)?;
+        let checkpoint = vit::checkpoint::from_hf_source(config_json, weights)?;
         Self::from_checkpoint(checkpoint, source, device)
     }
 
@@ -241,7 +242,7 @@ mod tests {
         let (config, weights) = tiny_export();
         let device = Device::flex();
         let truncated = &weights[..weights.len() / 2];
-        assert!(LoadedModel::from_export(&config, truncated, "test", &device).is_err());
+        assert!(LoadedModel::from_export(&config, &truncated, "test", &device).is_err());
         assert!(LoadedModel::from_export(b"{not json", &weights, "test", &device).is_err());
         let loaded = LoadedModel::from_export(&config, &weights, "test", &device).unwrap();
         assert!(matches!(

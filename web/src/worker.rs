@@ -10,6 +10,8 @@ use wasm_bindgen::JsCast;
 use wasm_bindgen::prelude::*;
 use web_sys::{DedicatedWorkerGlobalScope, MessageEvent};
 
+use vit::checkpoint::ByteSource;
+
 use crate::classify::LoadedModel;
 use crate::protocol::{self, Classification, Request, Response};
 
@@ -49,7 +51,13 @@ impl Worker {
         let header = message.get(0).as_string().unwrap_or_default();
         let response = match protocol::decode::<Request>(&header) {
             Ok(Request::LoadModel { source }) => {
-                self.load_model(source, &payload(&message, 1), &payload(&message, 2))
+                let weights = JsBuffer(
+                    message
+                        .get(2)
+                        .dyn_into::<ArrayBuffer>()
+                        .unwrap_or_else(|_| ArrayBuffer::new(0)),
+                );
+                self.load_model(source, &payload(&message, 1), &weights)
             }
             Ok(Request::Classify { request_id }) => {
                 self.classify(request_id, &payload(&message, 1))
@@ -62,7 +70,7 @@ impl Worker {
         post(&self.scope, &response);
     }
 
-    fn load_model(&mut self, source: String, config: &[u8], weights: &[u8]) -> Response {
+    fn load_model(&mut self, source: String, config: &[u8], weights: &JsBuffer) -> Response {
         match LoadedModel::from_export(config, weights, &source, &self.device) {
             Ok(model) => {
                 let mut info = model.info();
@@ -106,6 +114,28 @@ impl Worker {
         self.scope
             .performance()
             .map_or_else(js_sys::Date::now, |performance| performance.now())
+    }
+}
+
+/// The page's buffer of a weights file, read one tensor at a time: the file itself
+/// never enters the wasm heap, which holds only the model it describes.
+struct JsBuffer(ArrayBuffer);
+
+impl ByteSource for JsBuffer {
+    fn len(&self) -> u64 {
+        u64::from(self.0.byte_length())
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        let out_of_range = || std::io::Error::from(std::io::ErrorKind::UnexpectedEof);
+        let end = offset
+            .checked_add(buf.len() as u64)
+            .filter(|&end| end <= self.len())
+            .ok_or_else(out_of_range)?;
+        let start = u32::try_from(offset).map_err(|_| out_of_range())?;
+        let length = u32::try_from(end - offset).map_err(|_| out_of_range())?;
+        Uint8Array::new_with_byte_offset_and_length(&self.0, start, length).copy_to(buf);
+        Ok(())
     }
 }
 

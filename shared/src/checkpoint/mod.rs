@@ -27,7 +27,8 @@ pub use params::{Array, Params};
 
 use crate::config::{ConfigError, ViTConfig};
 use crate::model::VisionTransformer;
-use safetensors_io::Tensors;
+pub use safetensors_io::ByteSource;
+use safetensors_io::{FileSource, Tensors};
 
 /// What can go wrong reading or writing a checkpoint.
 #[derive(Debug, thiserror::Error)]
@@ -122,8 +123,8 @@ pub const WEIGHTS_INDEX_FILE: &str = "model.safetensors.index.json";
 /// folder with `config.json` + `model.safetensors` (HF, or our export; the weights
 /// may be sharded, and `preprocessor_config.json` gives the normalisation).
 ///
-/// Weights are converted one tensor at a time from the file's bytes, which are
-/// freed before the model is built. Files that do not record the normalisation
+/// Weights are read and converted one tensor at a time: the whole file is never in
+/// memory, only the parameters it holds. Files that do not record the normalisation
 /// (timm's, Google's) get the reference's; set `config.normalization` to change it.
 pub fn load(path: &Path, options: &LoadOptions) -> Result<Checkpoint, CheckpointError> {
     if path.is_dir() {
@@ -152,8 +153,8 @@ fn load_file(path: &Path, options: &LoadOptions) -> Result<Checkpoint, Checkpoin
         let arrays = npz::read_npz(BufReader::new(file))?;
         return from_npz_arrays(arrays);
     }
-    let bytes = read(path)?;
-    let tensors = Tensors::parse(&[&bytes]).map_err(|error| match error {
+    let source = FileSource::open(path).map_err(io)?;
+    let tensors = Tensors::parse(&[&source]).map_err(|error| match error {
         CheckpointError::Safetensors(message) => CheckpointError::UnknownFormat {
             path: path.to_path_buf(),
             message: format!(
@@ -171,8 +172,6 @@ fn load_file(path: &Path, options: &LoadOptions) -> Result<Checkpoint, Checkpoin
         .any(|key| key.contains("embeddings.patch_embeddings"))
     {
         let mut checkpoint = from_hf_parts(&read(&path.with_file_name(CONFIG_FILE))?, &tensors)?;
-        drop(tensors);
-        drop(bytes);
         read_preprocessor_beside(path.parent().unwrap_or(Path::new(".")), &mut checkpoint)?;
         return Ok(checkpoint);
     }
@@ -202,11 +201,15 @@ fn load_hf_folder(dir: &Path) -> Result<Checkpoint, CheckpointError> {
     };
     let shards = shard_files
         .iter()
-        .map(|path| read(path))
+        .map(|path| {
+            FileSource::open(path).map_err(|source| CheckpointError::Io {
+                path: path.clone(),
+                source,
+            })
+        })
         .collect::<Result<Vec<_>, _>>()?;
-    let slices: Vec<&[u8]> = shards.iter().map(Vec::as_slice).collect();
-    let mut checkpoint = from_hf_parts(&config, &Tensors::parse(&slices)?)?;
-    drop(shards);
+    let sources: Vec<&dyn ByteSource> = shards.iter().map(|s| s as &dyn ByteSource).collect();
+    let mut checkpoint = from_hf_parts(&config, &Tensors::parse(&sources)?)?;
     read_preprocessor_beside(dir, &mut checkpoint)?;
     Ok(checkpoint)
 }
@@ -278,6 +281,15 @@ fn from_npz_arrays(arrays: Vec<(String, Array)>) -> Result<Checkpoint, Checkpoin
 
 /// An HF folder (or our export) held in memory: config.json and model.safetensors bytes.
 pub fn from_hf_bytes(config_json: &[u8], weights: &[u8]) -> Result<Checkpoint, CheckpointError> {
+    from_hf_source(config_json, &weights)
+}
+
+/// The same with the weights read from `weights` one tensor at a time (e.g. in the
+/// browser, from a JavaScript buffer, so that the file never has to be in the heap).
+pub fn from_hf_source(
+    config_json: &[u8],
+    weights: &dyn ByteSource,
+) -> Result<Checkpoint, CheckpointError> {
     from_hf_parts(config_json, &Tensors::parse(&[weights])?)
 }
 
