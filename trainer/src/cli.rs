@@ -246,7 +246,8 @@ pub struct TrainArgs {
     /// `none`, or the value of the --model preset or file when one is given.
     #[arg(long, value_name = "none|keep|N")]
     pub representation_size: Option<RepresentationSize>,
-    /// Pretrained weights: a local file or folder, `gs://BUCKET/PATH`, `hf:ORG/NAME`,
+    /// Pretrained weights: a local file or folder, `gs://BUCKET/PATH`, `hf:ORG/NAME[@REVISION]`
+    /// (Hugging Face Hub: HF_TOKEN for gated models, HF_HOME for the cache),
     /// an https URL, or `none` to train from scratch.
     #[arg(long, default_value = crate::pretrained::DEFAULT)]
     pub pretrained: String,
