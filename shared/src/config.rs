@@ -73,6 +73,27 @@ pub enum ConfigError {
     File { path: String, message: String },
 }
 
+/// Limits on a configuration, so that a hostile or mistaken file (or option) gets an error
+/// naming the limit instead of an allocation that cannot succeed. Each is far above any
+/// published ViT (ViT-22B: width 6144, MLP 24576, 48 layers; 518 px at most).
+pub mod limits {
+    /// Largest input side in pixels.
+    pub const IMAGE_SIZE: usize = 4096;
+    /// Most tokens (patches plus the class token): a 256 × 256 grid.
+    pub const TOKENS: usize = 256 * 256 + 1;
+    /// Widest hidden, MLP and pre-logits layers.
+    pub const WIDTH: usize = 65_536;
+    pub const LAYERS: usize = 1024;
+    pub const CLASSES: usize = 1_000_000;
+    /// Most parameters (ViT-22B has 21.7 billion); on 32-bit targets (wasm), what a
+    /// 32-bit index can count.
+    pub const PARAMETERS: u64 = if usize::BITS < 64 {
+        u32::MAX as u64
+    } else {
+        25_000_000_000
+    };
+}
+
 /// Names accepted by [`ViTConfig::preset`].
 pub const PRESET_NAMES: &[&str] = &[
     "Ti/16", "S/16", "B/16", "B/32", "B/8", "L/16", "L/32", "H/14",
@@ -205,6 +226,27 @@ impl ViTConfig {
         if let Some((name, _)) = sizes.iter().find(|(_, value)| *value == 0) {
             return fail(format!("{name} must be positive"));
         }
+        let bounded = [
+            ("image_size", self.image_size, limits::IMAGE_SIZE, "px"),
+            ("hidden_size", self.hidden_size, limits::WIDTH, ""),
+            ("mlp_dim", self.mlp_dim, limits::WIDTH, ""),
+            ("num_heads", self.num_heads, limits::WIDTH, ""),
+            ("num_layers", self.num_layers, limits::LAYERS, ""),
+            ("num_classes", self.num_classes, limits::CLASSES, ""),
+            (
+                "representation_size",
+                self.representation_size.unwrap_or(0),
+                limits::WIDTH,
+                "",
+            ),
+        ];
+        if let Some((name, value, limit, unit)) =
+            bounded.iter().find(|(_, value, limit, _)| value > limit)
+        {
+            return fail(format!(
+                "{name} {value} is above the limit of {limit}{unit}"
+            ));
+        }
         if !self.image_size.is_multiple_of(self.patch_size) {
             return fail(format!(
                 "image_size {} is not a multiple of patch_size {}",
@@ -215,6 +257,22 @@ impl ViTConfig {
             return fail(format!(
                 "hidden_size {} is not divisible by num_heads {}",
                 self.hidden_size, self.num_heads
+            ));
+        }
+        if self.num_tokens() > limits::TOKENS {
+            return fail(format!(
+                "{} tokens ({} px in {} px patches) is above the limit of {}",
+                self.num_tokens(),
+                self.image_size,
+                self.patch_size,
+                limits::TOKENS
+            ));
+        }
+        if self.param_count() > limits::PARAMETERS {
+            return fail(format!(
+                "{} parameters is above the limit of {}",
+                self.param_count(),
+                limits::PARAMETERS
             ));
         }
         if self.representation_size == Some(0) {
@@ -245,22 +303,39 @@ impl ViTConfig {
 
     /// Number of trainable parameters, counted as the reference counts them.
     pub fn num_params(&self) -> usize {
-        let d = self.hidden_size;
-        let p = self.patch_size;
+        usize::try_from(self.param_count()).unwrap_or(usize::MAX)
+    }
+
+    /// [`Self::num_params`] in 64 bits, so that it cannot overflow on 32-bit targets
+    /// (wasm) for any configuration within the other limits.
+    fn param_count(&self) -> u64 {
+        let wide = |value: usize| value as u64;
+        let d = wide(self.hidden_size);
+        let p = wide(self.patch_size);
+        let m = wide(self.mlp_dim);
         let embedding = p * p * 3 * d + d;
-        let cls = self.num_prefix_tokens() * d;
-        let pos_embedding = self.num_tokens() * d;
+        let cls = wide(self.num_prefix_tokens()) * d;
+        let pos_embedding = wide(self.num_tokens()) * d;
         let layer_norm = 2 * d;
         let attention = 4 * (d * d + d);
-        let mlp = d * self.mlp_dim + self.mlp_dim + self.mlp_dim * d + d;
+        let mlp = d * m + m + m * d + d;
         let block = 2 * layer_norm + attention + mlp;
-        let pre_logits = self.representation_size.map_or(0, |r| d * r + r);
-        let head = if self.num_classes > 0 {
-            self.representation_width() * self.num_classes + self.num_classes
+        let pre_logits = self
+            .representation_size
+            .map_or(0, |r| d * wide(r) + wide(r));
+        let classes = wide(self.num_classes);
+        let head = if classes > 0 {
+            wide(self.representation_width()) * classes + classes
         } else {
             0
         };
-        embedding + cls + pos_embedding + self.num_layers * block + layer_norm + pre_logits + head
+        embedding
+            + cls
+            + pos_embedding
+            + wide(self.num_layers) * block
+            + layer_norm
+            + pre_logits
+            + head
     }
 }
 
@@ -379,6 +454,57 @@ mod tests {
         );
         let missing = ViTConfig::from_name_or_file("no/such/file.json").unwrap_err();
         assert!(matches!(missing, ConfigError::File { .. }), "{missing}");
+    }
+
+    #[test]
+    fn validate_names_the_limit_before_anything_is_allocated() {
+        let b16 = ViTConfig::preset("B/16").unwrap();
+        for (config, words) in [
+            (
+                b16.clone().with_image_size(100_000 * 16),
+                "image_size 1600000 is above the limit of 4096px",
+            ),
+            (
+                ViTConfig {
+                    patch_size: 8,
+                    ..b16.clone()
+                }
+                .with_image_size(4096),
+                "262145 tokens (4096 px in 8 px patches) is above the limit of 65537",
+            ),
+            (
+                ViTConfig {
+                    num_layers: 1_000_000,
+                    ..b16.clone()
+                },
+                "num_layers 1000000 is above the limit of 1024",
+            ),
+            (
+                ViTConfig {
+                    hidden_size: 1 << 20,
+                    num_heads: 1,
+                    ..b16.clone()
+                },
+                "hidden_size 1048576",
+            ),
+            (
+                ViTConfig {
+                    num_layers: 1024,
+                    mlp_dim: 65_536,
+                    ..b16.clone()
+                },
+                "parameters is above the limit",
+            ),
+        ] {
+            let error = config.validate().unwrap_err().to_string();
+            assert!(error.contains(words), "{error}");
+        }
+        // Every preset fits, at any resolution up to 2048 px with 16 px patches.
+        for name in PRESET_NAMES {
+            let config = ViTConfig::preset(name).unwrap();
+            assert!(config.validate().is_ok(), "{name}");
+        }
+        assert!(b16.with_image_size(2048).validate().is_ok());
     }
 
     #[test]

@@ -43,10 +43,28 @@ fn main() {
         Some(cli::Command::Bench(args)) => bench::run(&args),
     };
     if let Err(error) = result {
-        // `{:#}` prints the whole context chain on one line.
-        eprintln!("error: {error:#}");
+        eprintln!("error: {}", one_line(&error));
         std::process::exit(1);
     }
+}
+
+/// The error and its causes on one line, as `a: b: c`. A cause whose text the line
+/// already holds is left out (many errors print their source in their own message, and
+/// the image decoders' messages repeat theirs), and line breaks become spaces.
+fn one_line(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+        if text.is_empty() || line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }
 
 fn train(args: &cli::TrainArgs, matches: &ArgMatches) -> anyhow::Result<()> {
@@ -61,4 +79,31 @@ fn train(args: &cli::TrainArgs, matches: &ArgMatches) -> anyhow::Result<()> {
         std::process::exit(130);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot access x: {source}")]
+    struct Access {
+        source: std::io::Error,
+    }
+
+    #[test]
+    fn errors_print_on_one_line_without_repeating_their_causes() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let error = anyhow::Error::new(Access { source: io }).context("cannot load");
+        assert_eq!(
+            one_line(&error),
+            "cannot load: cannot access x: no such file"
+        );
+        let multi =
+            anyhow::anyhow!("decoding failed:\n  not enough bytes").context("cannot use image");
+        assert_eq!(
+            one_line(&multi),
+            "cannot use image: decoding failed: not enough bytes"
+        );
+    }
 }

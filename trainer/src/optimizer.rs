@@ -111,6 +111,27 @@ impl Sgd {
     }
 }
 
+/// Whether every parameter of `module` is a finite number, in one reduction read once:
+/// `x − x` is 0 for a finite `x` and NaN for an infinite or NaN one.
+pub fn all_finite<M: Module>(module: &M) -> bool {
+    struct Check(Option<Tensor<1>>);
+    impl ModuleVisitor for Check {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            let value = param.val();
+            let zero = (value.clone() - value).sum();
+            self.0 = Some(match self.0.take() {
+                Some(total) => total + zero,
+                None => zero,
+            });
+        }
+    }
+    let mut check = Check(None);
+    module.visit(&mut check);
+    check
+        .0
+        .is_none_or(|total| total.into_scalar::<f32>().is_finite())
+}
+
 /// A float parameter of a module: where it sits, its id and its shape.
 struct Parameter {
     path: String,
@@ -268,6 +289,16 @@ mod tests {
             (w[0] - 0.7).abs() < 1e-6 && (w[1] - 0.6).abs() < 1e-6,
             "{w:?}"
         );
+    }
+
+    #[test]
+    fn non_finite_weights_are_found() {
+        let (layer, _) = layer_and_grads([0.0, 0.0]);
+        assert!(all_finite(&layer));
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            let broken = layer.clone().map(&mut SetWeights(vec![1.0, bad]));
+            assert!(!all_finite(&broken), "{bad}");
+        }
     }
 
     #[test]

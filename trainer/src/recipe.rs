@@ -153,6 +153,29 @@ impl Recipe {
             "--min-crop-area must be in (0, 1], not {}",
             self.min_crop_area
         );
+        ensure!(
+            (1..=vit::config::limits::IMAGE_SIZE).contains(&self.resolution),
+            "--resolution must be from 1 to {} px, not {}",
+            vit::config::limits::IMAGE_SIZE,
+            self.resolution
+        );
+        // The rates are applied in float32: beyond its range they are infinite.
+        let float32 = f64::from(f32::MAX);
+        ensure!(
+            (0.0..=float32).contains(&self.lr),
+            "--lr must be a number from 0 to {float32:.1e}, not {}",
+            self.lr
+        );
+        ensure!(
+            (0.0..1.0).contains(&self.momentum),
+            "--momentum must be in [0, 1), not {} (the reference uses 0.9)",
+            self.momentum
+        );
+        ensure!(
+            (0.0..=float32).contains(&self.grad_clip),
+            "--grad-clip must be a number from 0 (no clipping) to {float32:.1e}, not {}",
+            self.grad_clip
+        );
         Ok(())
     }
 

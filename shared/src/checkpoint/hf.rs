@@ -204,10 +204,14 @@ pub fn read_config(
         representation_size: tensor_len(&format!("{prefix}pooler.dense.bias")),
         dropout: 0.0,
         attention_dropout: 0.0,
-        layer_norm_eps: json
-            .get("layer_norm_eps")
-            .and_then(Value::as_f64)
-            .unwrap_or(1e-12),
+        layer_norm_eps: match json.get("layer_norm_eps") {
+            None => 1e-12,
+            Some(value) => value.as_f64().ok_or_else(|| {
+                CheckpointError::Architecture(format!(
+                    "config.json has `layer_norm_eps` {value}, not a number"
+                ))
+            })?,
+        },
         activation,
         normalization: Normalization::REFERENCE,
     };
@@ -222,13 +226,37 @@ pub fn read_description(json: &Value) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// Labels in index order from `id2label`, when it names every class.
-pub fn read_labels(json: &Value, num_classes: usize) -> Option<Vec<String>> {
-    let map = json.get("id2label")?.as_object()?;
-    let labels: Option<Vec<String>> = (0..num_classes)
-        .map(|index| map.get(&index.to_string())?.as_str().map(str::to_string))
-        .collect();
-    labels.filter(|labels| labels.len() == num_classes && num_classes > 0)
+/// Labels in index order from `id2label`. A model without a head ignores it (transformers
+/// writes a default two-label map even then); with a head, it must name every class once.
+pub fn read_labels(
+    json: &Value,
+    num_classes: usize,
+) -> Result<Option<Vec<String>>, CheckpointError> {
+    let Some(map) = json.get("id2label") else {
+        return Ok(None);
+    };
+    if num_classes == 0 {
+        return Ok(None);
+    }
+    let invalid = |message: String| CheckpointError::Json(format!("id2label {message}"));
+    let map = map
+        .as_object()
+        .ok_or_else(|| invalid(format!("is {map}, not an object")))?;
+    if map.len() != num_classes {
+        return Err(invalid(format!(
+            "names {} classes but the model has {num_classes}",
+            map.len()
+        )));
+    }
+    (0..num_classes)
+        .map(|index| {
+            map.get(&index.to_string())
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .ok_or_else(|| invalid(format!("has no name for class {index}")))
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Some)
 }
 
 /// Whether HF's `ViTForImageClassification` computes exactly this model.

@@ -54,6 +54,10 @@ pub enum CheckpointError {
         expected: Vec<usize>,
         found: Vec<usize>,
     },
+    #[error(
+        "`{key}` holds a value that is not a finite number (NaN or infinite): the model is broken"
+    )]
+    NonFinite { key: String },
     #[error("cannot work out the model architecture: {0}")]
     Architecture(String),
     #[error("not supported: {0}")]
@@ -305,7 +309,7 @@ fn from_hf_parts(config_json: &[u8], tensors: &Tensors) -> Result<Checkpoint, Ch
     let expected = params::expected_shapes(&config);
     let (params, unexpected) =
         torch_layout::import(&hf::entries(&config, prefix), &expected, tensors)?;
-    let labels = hf::read_labels(&json, config.num_classes);
+    let labels = hf::read_labels(&json, config.num_classes)?;
     Ok(Checkpoint {
         config,
         params,

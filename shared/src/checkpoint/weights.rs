@@ -13,7 +13,7 @@ use crate::model::{
 };
 
 /// Checks `params` against what `config` needs: every expected key present with its
-/// shape. Returns the keys that are present but not used.
+/// shape, and every value finite. Returns the keys that are present but not used.
 pub fn check_params(config: &ViTConfig, params: &Params) -> Result<Vec<String>, CheckpointError> {
     let expected = params::expected_shapes(config);
     let missing: Vec<String> = expected
@@ -33,6 +33,12 @@ pub fn check_params(config: &ViTConfig, params: &Params) -> Result<Vec<String>, 
                 found: found.clone(),
             });
         }
+    }
+    if let Some((key, _)) = expected
+        .iter()
+        .find(|(key, _)| params[key].data.iter().any(|value| !value.is_finite()))
+    {
+        return Err(CheckpointError::NonFinite { key: key.clone() });
     }
     let unexpected = params
         .keys()

@@ -93,10 +93,9 @@ pub fn run(args: &TrainArgs, explicit: &[String]) -> Result<Completion> {
                 &device.clone().autodiff(),
             )?;
             let config = serde_json::json!({"model": model.config(), "train": &options});
-            fs::write(
-                runtime.workdir.join("config.json"),
-                serde_json::to_vec_pretty(&config)?,
-            )?;
+            let path = runtime.workdir.join("config.json");
+            fs::write(&path, serde_json::to_vec_pretty(&config)?)
+                .with_context(|| format!("cannot write {}", path.display()))?;
             Start {
                 model,
                 optimizer: Sgd::new(recipe.momentum),

@@ -17,7 +17,7 @@ use vit::VisionTransformer;
 use super::Completion;
 use crate::data::Dataset;
 use crate::metrics::{Metrics, MetricsLine};
-use crate::optimizer::Sgd;
+use crate::optimizer::{self, Sgd};
 use crate::pipeline::{self, MicroBatch, Plan};
 use crate::recipe::RunOptions;
 use crate::{checkpoint, eval, progress};
@@ -106,6 +106,15 @@ impl Run<'_> {
                     bail!(
                         "the loss became {loss} (gradient norm {grad_norm}) at step {number}; {}. \
                          Lower --lr, or check the data",
+                        self.kept_checkpoint(last_checkpoint)
+                    );
+                }
+                // Also the last update, whose weights nothing would compute with again.
+                if !optimizer::all_finite(&model.valid()) {
+                    bar.abandon();
+                    bail!(
+                        "the update of step {number} (lr {lr:e}) made some weights infinite or NaN; \
+                         {}. Lower --lr",
                         self.kept_checkpoint(last_checkpoint)
                     );
                 }
