@@ -42,8 +42,10 @@ pub fn dir(workdir: &Path) -> PathBuf {
     workdir.join(DIR)
 }
 
-/// Writes the checkpoint so that it appears complete or not at all: into a
-/// fresh folder, which then replaces the previous checkpoint by renames.
+/// Writes the checkpoint so that it appears complete or not at all: into a fresh folder
+/// (every file flushed to the disk), which then replaces the previous checkpoint by
+/// renames. A failed write (a full disk) removes what it wrote and keeps the previous
+/// checkpoint.
 pub fn save(
     workdir: &Path,
     model: &VisionTransformer,
@@ -53,22 +55,11 @@ pub fn save(
     let target = dir(workdir);
     let staging = workdir.join(format!("{DIR}.partial"));
     let previous = workdir.join(format!("{DIR}.previous"));
-    for stale in [&staging, &previous] {
-        if stale.exists() {
-            fs::remove_dir_all(stale)
-                .with_context(|| format!("cannot remove the stale {}", stale.display()))?;
-        }
+    tidy(workdir)?;
+    if let Err(error) = write_files(&staging, model, optimizer, state) {
+        let _ = fs::remove_dir_all(&staging);
+        return Err(error);
     }
-    let exact = SaveOptions { float16: false };
-    Checkpoint::from_model(&model.valid(), Some(state.classes.clone()))
-        .save(&staging, exact)
-        .context("cannot write the checkpoint's model")?;
-    let momentum = safetensors_io::write(&optimizer.buffers(model), false)
-        .context("cannot serialise the momentum buffers")?;
-    fs::write(staging.join(MOMENTUM_FILE), momentum)
-        .with_context(|| format!("cannot write {}", staging.join(MOMENTUM_FILE).display()))?;
-    fs::write(staging.join(STATE_FILE), serde_json::to_vec_pretty(state)?)
-        .with_context(|| format!("cannot write {}", staging.join(STATE_FILE).display()))?;
     if target.exists() {
         fs::rename(&target, &previous).context("cannot move the previous checkpoint aside")?;
     }
@@ -76,6 +67,47 @@ pub fn save(
         .with_context(|| format!("cannot move the new checkpoint to {}", target.display()))?;
     if previous.exists() {
         fs::remove_dir_all(&previous).context("cannot remove the previous checkpoint")?;
+    }
+    vit::checkpoint::sync_folder(workdir)
+        .with_context(|| format!("cannot flush {} to the disk", workdir.display()))
+}
+
+fn write_files(
+    staging: &Path,
+    model: &VisionTransformer,
+    optimizer: &Sgd,
+    state: &State,
+) -> Result<()> {
+    let exact = SaveOptions { float16: false };
+    Checkpoint::from_model(&model.valid(), Some(state.classes.clone()))
+        .save(staging, exact)
+        .context("cannot write the checkpoint's model")?;
+    let momentum = safetensors_io::write(&optimizer.buffers(model), false)
+        .context("cannot serialise the momentum buffers")?;
+    vit::checkpoint::write_atomically(&staging.join(MOMENTUM_FILE), &momentum)?;
+    vit::checkpoint::write_atomically(
+        &staging.join(STATE_FILE),
+        &serde_json::to_vec_pretty(state)?,
+    )?;
+    Ok(())
+}
+
+/// Leaves `workdir` with at most its checkpoint: a crash between the renames of [`save`]
+/// leaves only `checkpoint.previous`, which becomes the checkpoint again; a crash while
+/// writing leaves `checkpoint.partial`, which is removed.
+fn tidy(workdir: &Path) -> Result<()> {
+    let target = dir(workdir);
+    let staging = workdir.join(format!("{DIR}.partial"));
+    let previous = workdir.join(format!("{DIR}.previous"));
+    if previous.exists() && !target.exists() {
+        fs::rename(&previous, &target)
+            .with_context(|| format!("cannot restore {}", previous.display()))?;
+    }
+    for stale in [&staging, &previous] {
+        if stale.exists() {
+            fs::remove_dir_all(stale)
+                .with_context(|| format!("cannot remove the stale {}", stale.display()))?;
+        }
     }
     Ok(())
 }

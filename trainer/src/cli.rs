@@ -90,6 +90,9 @@ pub struct EvalArgs {
     /// or beside the checkpoint file).
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
+    /// Replace an earlier eval.json and confusion.svg there (refused otherwise).
+    #[arg(long)]
+    pub force: bool,
     /// Compute device: `cpu` (burn-flex); `tch`, `tch:cpu`, `tch:cuda:N` with the `tch` feature.
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -206,6 +209,9 @@ pub struct ExportArgs {
     /// checkpoint's own, which a training run writes).
     #[arg(long, value_name = "TEXT")]
     pub description: Option<String>,
+    /// Replace the model files in an existing --out folder (refused otherwise).
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, Args)]

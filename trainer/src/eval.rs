@@ -12,7 +12,11 @@ use vit::VisionTransformer;
 
 use crate::cli::EvalArgs;
 use crate::data::{Dataset, Source};
+use crate::output;
 use crate::predict::load_checkpoint;
+
+const REPORT_FILE: &str = "eval.json";
+const CONFUSION_FILE: &str = "confusion.svg";
 use crate::{augment, device, plot, progress};
 
 /// Predicted class of every image, in data set order; `bar` advances per image.
@@ -115,6 +119,9 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     device::configure_threads(args.threads)?;
     let device = device::parse(&args.device)?;
     let path = &args.checkpoint.checkpoint;
+    // Checked before the (long) evaluation, not after it.
+    let out = args.out.clone().unwrap_or_else(|| default_out(path));
+    output::refuse_to_replace(&out, &[REPORT_FILE, CONFUSION_FILE], args.force)?;
     let mut checkpoint = load_checkpoint(&args.checkpoint)?;
     if let Some(size) = args.resolution {
         checkpoint = checkpoint.at_resolution(size)?;
@@ -147,9 +154,8 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         report(&model_labels, &counts, total, test.images.len())
     );
 
-    let out = args.out.clone().unwrap_or_else(|| default_out(path));
     std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
-    let svg = out.join("confusion.svg");
+    let svg = out.join(CONFUSION_FILE);
     vit::checkpoint::write_atomically(
         &svg,
         plot::confusion_matrix(&model_labels, &counts).as_bytes(),
@@ -159,7 +165,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         "accuracy": total, "labels": model_labels,
         "per_class_accuracy": per_class(&counts), "confusion": counts,
     });
-    let json_path = out.join("eval.json");
+    let json_path = out.join(REPORT_FILE);
     vit::checkpoint::write_atomically(
         &json_path,
         serde_json::to_string_pretty(&summary)?.as_bytes(),

@@ -3,7 +3,10 @@
 use anyhow::{Context, Result, bail};
 use vit::SaveOptions;
 
+use vit::checkpoint::{CONFIG_FILE, WEIGHTS_FILE, hf::PREPROCESSOR_FILE};
+
 use crate::cli::ExportArgs;
+use crate::output;
 use crate::predict::load_checkpoint;
 
 pub fn run(args: &ExportArgs) -> Result<()> {
@@ -26,9 +29,12 @@ pub fn run(args: &ExportArgs) -> Result<()> {
     if let Some(description) = &args.description {
         checkpoint.description = Some(description.clone());
     }
-    checkpoint
-        .save(&args.out, SaveOptions { float16: args.f16 })
-        .with_context(|| format!("cannot export to {}", args.out.display()))?;
+    let files = [CONFIG_FILE, WEIGHTS_FILE, PREPROCESSOR_FILE];
+    output::refuse_to_replace(&args.out, &files, args.force)?;
+    output::write_folder(&args.out, |dir| {
+        Ok(checkpoint.save(dir, SaveOptions { float16: args.f16 })?)
+    })
+    .with_context(|| format!("cannot export to {}", args.out.display()))?;
     eprintln!(
         "exported {} ({} classes, {} px, {}) to {}",
         args.checkpoint.checkpoint.display(),

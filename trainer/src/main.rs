@@ -12,6 +12,7 @@ mod export;
 mod info;
 mod metrics;
 mod optimizer;
+mod output;
 mod pipeline;
 mod plot;
 mod predict;
@@ -43,9 +44,29 @@ fn main() {
         Some(cli::Command::Bench(args)) => bench::run(&args),
     };
     if let Err(error) = result {
-        eprintln!("error: {}", one_line(&error));
+        if disk_full(&error) {
+            eprintln!(
+                "error: the disk is full: {}. Free some space and run the command again \
+                 (a training run continues from its last checkpoint with --resume)",
+                one_line(&error)
+            );
+        } else {
+            eprintln!("error: {}", one_line(&error));
+        }
         std::process::exit(1);
     }
+}
+
+/// Whether `error` comes from a full disk (or an exhausted quota).
+fn disk_full(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause.downcast_ref::<std::io::Error>().is_some_and(|io| {
+            matches!(
+                io.kind(),
+                std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+            )
+        })
+    })
 }
 
 /// The error and its causes on one line, as `a: b: c`. A cause whose text the line

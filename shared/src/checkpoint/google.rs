@@ -2,7 +2,9 @@
 //! `[D, H, Dh]` kernels — already our layout, up to the old module numbering.
 
 use super::CheckpointError;
-use super::params::{self, Params};
+use std::collections::BTreeMap;
+
+use super::params;
 use crate::config::{Activation, Classifier, ViTConfig};
 use crate::preprocess::Normalization;
 
@@ -19,49 +21,51 @@ const OLD_NUMBERING: &[(&str, &str)] = &[
     ("/MlpBlock_3/", "/MlpBlock_0/"),
 ];
 
-/// Renames the arrays of an npz file to our layout. Arrays outside the model
-/// (optimizer state next to `opt/target/`) are returned as `ignored`.
-pub fn to_params(arrays: Vec<(String, params::Array)>) -> (Params, Vec<String>) {
+/// Our names for the arrays of an npz file: `(name in the file, our name)`, and the
+/// names of arrays outside the model (optimizer state next to `opt/target/`).
+pub fn param_names(keys: &[&str]) -> (Vec<(String, String)>, Vec<String>) {
     let prefix = PREFIXES
         .iter()
-        .find(|prefix| arrays.iter().any(|(key, _)| key.starts_with(*prefix)))
+        .find(|prefix| keys.iter().any(|key| key.starts_with(*prefix)))
         .copied();
-    let old_numbering = arrays
+    let old_numbering = keys
         .iter()
-        .any(|(key, _)| key.contains("/MultiHeadDotProductAttention_1/"));
-    let mut params = Params::new();
+        .any(|key| key.contains("/MultiHeadDotProductAttention_1/"));
+    let mut names = Vec::new();
     let mut ignored = Vec::new();
-    for (key, array) in arrays {
-        let key = match prefix {
+    for &key in keys {
+        let ours = match prefix {
             Some(prefix) => match key.strip_prefix(prefix) {
                 Some(rest) => rest.to_string(),
                 None => {
-                    ignored.push(key);
+                    ignored.push(key.to_string());
                     continue;
                 }
             },
-            None => key,
+            None => key.to_string(),
         };
-        let key = if old_numbering {
+        let ours = if old_numbering {
             OLD_NUMBERING
                 .iter()
-                .fold(key, |key, (old, new)| key.replace(old, new))
+                .fold(ours, |key, (old, new)| key.replace(old, new))
         } else {
-            key
+            ours
         };
-        params.insert(key, array);
+        names.push((key.to_string(), ours));
     }
-    (params, ignored)
+    (names, ignored)
 }
 
 /// Reads the architecture from the shapes, as the reference configs would give it.
-pub fn infer_config(params: &Params) -> Result<ViTConfig, CheckpointError> {
+/// `shapes` gives each array's shape by our name.
+pub fn infer_config(shapes: &BTreeMap<String, Vec<usize>>) -> Result<ViTConfig, CheckpointError> {
     let shape = |key: &str| {
-        params
+        shapes
             .get(key)
-            .map(|array| array.shape.clone())
+            .cloned()
             .ok_or_else(|| CheckpointError::Architecture(format!("no `{key}` array")))
     };
+    let len = |key: &str| shapes.get(key).map(|shape| shape.iter().product::<usize>());
     let embedding = shape(params::EMBEDDING_KERNEL)?;
     let [patch_h, patch_w, 3, hidden_size] = embedding[..] else {
         return Err(CheckpointError::Architecture(format!(
@@ -75,7 +79,7 @@ pub fn infer_config(params: &Params) -> Result<ViTConfig, CheckpointError> {
         )));
     }
     let num_layers = (0..)
-        .take_while(|&layer| params.contains_key(&params::block(layer, "LayerNorm_0/scale")))
+        .take_while(|&layer| shapes.contains_key(&params::block(layer, "LayerNorm_0/scale")))
         .count();
     if num_layers == 0 {
         return Err(CheckpointError::Architecture(
@@ -92,7 +96,7 @@ pub fn infer_config(params: &Params) -> Result<ViTConfig, CheckpointError> {
         }
     };
     let mlp_dim = *shape(&params::mlp(0, 0, "kernel"))?.last().unwrap_or(&0);
-    let classifier = if params.contains_key(params::CLS) {
+    let classifier = if shapes.contains_key(params::CLS) {
         Classifier::Token
     } else {
         Classifier::Gap
@@ -100,12 +104,8 @@ pub fn infer_config(params: &Params) -> Result<ViTConfig, CheckpointError> {
     let prefix_tokens = usize::from(classifier == Classifier::Token);
     let tokens = shape(params::POS_EMBEDDING)?.get(1).copied().unwrap_or(0);
     let image_size = grid_side(tokens.saturating_sub(prefix_tokens))? * patch_h;
-    let representation_size = params
-        .get(params::PRE_LOGITS_BIAS)
-        .map(|array| array.data.len());
-    let num_classes = params
-        .get(params::HEAD_BIAS)
-        .map_or(0, |array| array.data.len());
+    let representation_size = len(params::PRE_LOGITS_BIAS);
+    let num_classes = len(params::HEAD_BIAS).unwrap_or(0);
     let config = ViTConfig {
         image_size,
         patch_size: patch_h,

@@ -16,6 +16,7 @@ pub mod timm;
 pub mod torch_layout;
 pub mod weights;
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::io::{BufReader, Cursor};
 use std::path::{Path, PathBuf};
@@ -154,8 +155,7 @@ fn load_file(path: &Path, options: &LoadOptions) -> Result<Checkpoint, Checkpoin
     let mut magic = [0u8; 4];
     let head_len = std::io::Read::read(&mut &file, &mut magic).map_err(io)?;
     if head_len == 4 && magic == *b"PK\x03\x04" {
-        let arrays = npz::read_npz(BufReader::new(file))?;
-        return from_npz_arrays(arrays);
+        return from_npz(npz::NpzReader::open(BufReader::new(file))?);
     }
     let source = FileSource::open(path).map_err(io)?;
     let tensors = Tensors::parse(&[&source]).map_err(|error| match error {
@@ -265,14 +265,51 @@ fn read_preprocessor_beside(
 
 /// A Google `.npz` held in memory.
 pub fn from_npz_bytes(bytes: &[u8]) -> Result<Checkpoint, CheckpointError> {
-    from_npz_arrays(npz::read_npz(Cursor::new(bytes))?)
+    from_npz(npz::NpzReader::open(Cursor::new(bytes))?)
 }
 
-fn from_npz_arrays(arrays: Vec<(String, Array)>) -> Result<Checkpoint, CheckpointError> {
-    let (params, ignored) = google::to_params(arrays);
-    let config = google::infer_config(&params)?;
-    let mut unexpected = weights::check_params(&config, &params)?;
-    unexpected.extend(ignored);
+/// The model an npz archive describes. The arrays' names and shapes (their headers) give
+/// the architecture, which is checked, and each array the model needs is checked against
+/// its expected shape before any data is read: memory follows the model the file claims
+/// to be, whatever its entries would inflate to. Other arrays are never read.
+fn from_npz<R: std::io::Read + std::io::Seek>(
+    mut npz: npz::NpzReader<R>,
+) -> Result<Checkpoint, CheckpointError> {
+    let keys: Vec<&str> = npz.shapes().map(|(key, _)| key).collect();
+    let (names, ignored) = google::param_names(&keys);
+    let declared: BTreeMap<&str, &[usize]> = npz.shapes().collect();
+    let shapes: BTreeMap<String, Vec<usize>> = names
+        .iter()
+        .map(|(file, ours)| (ours.clone(), declared[file.as_str()].to_vec()))
+        .collect();
+    let config = google::infer_config(&shapes)?;
+    let expected = params::expected_shapes(&config);
+    let missing: Vec<String> = expected
+        .iter()
+        .filter(|(key, _)| !shapes.contains_key(key))
+        .map(|(key, _)| key.clone())
+        .collect();
+    if !missing.is_empty() {
+        return Err(CheckpointError::MissingKeys(missing));
+    }
+    if let Some((key, shape)) = expected.iter().find(|(key, shape)| shapes[key] != *shape) {
+        return Err(CheckpointError::ShapeMismatch {
+            key: key.clone(),
+            expected: shape.clone(),
+            found: shapes[key].clone(),
+        });
+    }
+    let mut params = Params::new();
+    let mut unexpected = ignored;
+    for (file, ours) in names {
+        if expected.iter().any(|(key, _)| *key == ours) {
+            let array = npz.read(&file)?;
+            params.insert(ours, array);
+        } else {
+            unexpected.push(file);
+        }
+    }
+    weights::check_params(&config, &params)?;
     Ok(Checkpoint {
         config,
         params,
@@ -403,15 +440,41 @@ impl Checkpoint {
     }
 }
 
-/// Writes to a temporary name beside `path`, then renames it into place.
+/// Writes to a temporary name beside `path`, flushes it to the disk, then renames it into
+/// place and flushes the folder, so that neither a crash nor a power loss can leave a
+/// partly written (or renamed but empty) file at `path`. A failed write leaves nothing.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
-    let io = |source| CheckpointError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
     let mut temporary = path.as_os_str().to_owned();
     temporary.push(".partial");
     let temporary = PathBuf::from(temporary);
-    fs::write(&temporary, bytes).map_err(io)?;
-    fs::rename(&temporary, path).map_err(io)
+    let written = (|| {
+        let mut file = fs::File::create(&temporary)?;
+        std::io::Write::write_all(&mut file, bytes)?;
+        file.sync_all()?;
+        fs::rename(&temporary, path)?;
+        sync_folder(path.parent().unwrap_or(Path::new(".")))
+    })();
+    written.map_err(|source| {
+        let _ = fs::remove_file(&temporary);
+        CheckpointError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    })
+}
+
+/// Flushes a folder's entries (new names, renames) to the disk.
+pub fn sync_folder(dir: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        let dir = if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        };
+        fs::File::open(dir)?.sync_all()?;
+    }
+    #[cfg(not(unix))]
+    let _ = dir;
+    Ok(())
 }

@@ -126,40 +126,101 @@ pub enum NpzError {
     },
 }
 
-/// Reads every `.npy` entry of an npz archive; names lose the `.npy` suffix; archive order.
-///
-/// Entries not ending in `.npy` are skipped; an archive without any is an error.
-pub fn read_npz<R: Read + Seek>(reader: R) -> Result<Vec<(String, NpyArray)>, NpzError> {
-    let mut archive = ZipArchive::new(reader).map_err(|source| NpzError::NotZip { source })?;
-    let mut arrays = Vec::new();
-    for index in 0..archive.len() {
-        let entry_name = archive
-            .name_for_index(index)
-            .map_or_else(|| format!("#{index}"), str::to_owned);
-        let Some(key) = entry_name.strip_suffix(".npy") else {
-            continue;
-        };
-        let key = key.to_owned();
-        let entry = archive
-            .by_index(index)
+/// An `.npz` archive whose arrays are described (names and shapes, from their headers)
+/// before any data is read, so that a caller can check them against what it expects
+/// and read only those: a small archive whose entries inflate to gigabytes costs
+/// nothing until one of them is asked for.
+pub struct NpzReader<R> {
+    archive: ZipArchive<R>,
+    members: Vec<Member>,
+}
+
+/// One `.npy` entry: its name without `.npy`, where it is, and its declared shape.
+struct Member {
+    key: String,
+    index: usize,
+    entry_name: String,
+    shape: Vec<usize>,
+}
+
+impl<R: Read + Seek> NpzReader<R> {
+    /// Reads the archive's directory and every `.npy` entry's header. Entries not
+    /// ending in `.npy` are skipped; an archive without any is an error.
+    pub fn open(reader: R) -> Result<Self, NpzError> {
+        let mut archive = ZipArchive::new(reader).map_err(|source| NpzError::NotZip { source })?;
+        let mut members = Vec::new();
+        for index in 0..archive.len() {
+            let entry_name = archive
+                .name_for_index(index)
+                .map_or_else(|| format!("#{index}"), str::to_owned);
+            let Some(key) = entry_name.strip_suffix(".npy") else {
+                continue;
+            };
+            let key = key.to_owned();
+            let mut entry = archive
+                .by_index(index)
+                .map_err(|source| NpzError::ZipEntry {
+                    name: entry_name.clone(),
+                    source,
+                })?;
+            if entry.is_dir() {
+                continue;
+            }
+            let (header, _) = read_header(&mut entry, &entry_name)?;
+            members.push(Member {
+                key,
+                index,
+                entry_name,
+                shape: header.shape,
+            });
+        }
+        if members.is_empty() {
+            return Err(NpzError::NoArrays);
+        }
+        Ok(Self { archive, members })
+    }
+
+    /// Array names (without `.npy`) and declared shapes, in archive order.
+    pub fn shapes(&self) -> impl Iterator<Item = (&str, &[usize])> {
+        self.members
+            .iter()
+            .map(|member| (member.key.as_str(), member.shape.as_slice()))
+    }
+
+    /// Reads and converts the array `key`.
+    pub fn read(&mut self, key: &str) -> Result<NpyArray, NpzError> {
+        let member = self
+            .members
+            .iter()
+            .find(|member| member.key == key)
+            .ok_or(NpzError::NoArrays)?;
+        let entry = self
+            .archive
+            .by_index(member.index)
             .map_err(|source| NpzError::ZipEntry {
-                name: entry_name.clone(),
+                name: member.entry_name.clone(),
                 source,
             })?;
-        if entry.is_dir() {
-            continue;
-        }
         let declared = entry.size();
         // The extra byte lets the trailing-data probe reach the zip reader's
         // end of stream, which is where it verifies the CRC.
         let limited = entry.take(declared.saturating_add(1));
-        let array = read_npy_inner(limited, &entry_name, Some(declared))?;
-        arrays.push((key, array));
+        read_npy_inner(limited, &member.entry_name, Some(declared))
     }
-    if arrays.is_empty() {
-        return Err(NpzError::NoArrays);
-    }
-    Ok(arrays)
+}
+
+/// Reads every `.npy` entry of an npz archive; names lose the `.npy` suffix; archive order.
+///
+/// Entries not ending in `.npy` are skipped; an archive without any is an error.
+pub fn read_npz<R: Read + Seek>(reader: R) -> Result<Vec<(String, NpyArray)>, NpzError> {
+    let mut npz = NpzReader::open(reader)?;
+    let keys: Vec<String> = npz.shapes().map(|(key, _)| key.to_owned()).collect();
+    keys.into_iter()
+        .map(|key| {
+            let array = npz.read(&key)?;
+            Ok((key, array))
+        })
+        .collect()
 }
 
 /// Parses one .npy stream.
@@ -193,13 +254,9 @@ struct Header {
     shape: Vec<usize>,
 }
 
-/// `entry_size`, when known (zip entries), lets a header that claims more
-/// data than the entry holds fail before anything is read.
-fn read_npy_inner<R: Read>(
-    mut reader: R,
-    name: &str,
-    entry_size: Option<u64>,
-) -> Result<NpyArray, NpzError> {
+/// Reads the magic, version and header of a .npy stream: the header and the length of
+/// everything before the data.
+fn read_header<R: Read>(reader: &mut R, name: &str) -> Result<(Header, u64), NpzError> {
     let io_err = |source: io::Error| NpzError::Io {
         name: name.to_owned(),
         source,
@@ -209,7 +266,7 @@ fn read_npy_inner<R: Read>(
     };
 
     let mut preamble = [0u8; 8];
-    let got = read_up_to(&mut reader, &mut preamble).map_err(io_err)?;
+    let got = read_up_to(reader, &mut preamble).map_err(io_err)?;
     if got < MAGIC.len() || preamble[..MAGIC.len()] != MAGIC[..] {
         return Err(NpzError::NotNpy {
             name: name.to_owned(),
@@ -222,14 +279,14 @@ fn read_npy_inner<R: Read>(
     let header_len: u64 = match major {
         1 => {
             let mut len = [0u8; 2];
-            if read_up_to(&mut reader, &mut len).map_err(io_err)? < len.len() {
+            if read_up_to(reader, &mut len).map_err(io_err)? < len.len() {
                 return Err(truncated_header());
             }
             u16::from_le_bytes(len).into()
         }
         2 | 3 => {
             let mut len = [0u8; 4];
-            if read_up_to(&mut reader, &mut len).map_err(io_err)? < len.len() {
+            if read_up_to(reader, &mut len).map_err(io_err)? < len.len() {
                 return Err(truncated_header());
             }
             u32::from_le_bytes(len).into()
@@ -252,10 +309,25 @@ fn read_npy_inner<R: Read>(
         }
     };
     let mut header_bytes = vec![0u8; header_len];
-    if read_up_to(&mut reader, &mut header_bytes).map_err(io_err)? < header_len {
+    if read_up_to(reader, &mut header_bytes).map_err(io_err)? < header_len {
         return Err(truncated_header());
     }
-    let header = parse_header(&header_bytes, name)?;
+    let prefix = (if major == 1 { 10 } else { 12 }) + header_len as u64;
+    Ok((parse_header(&header_bytes, name)?, prefix))
+}
+
+/// `entry_size`, when known (zip entries), lets a header that claims more
+/// data than the entry holds fail before anything is read.
+fn read_npy_inner<R: Read>(
+    mut reader: R,
+    name: &str,
+    entry_size: Option<u64>,
+) -> Result<NpyArray, NpzError> {
+    let io_err = |source: io::Error| NpzError::Io {
+        name: name.to_owned(),
+        source,
+    };
+    let (header, prefix) = read_header(&mut reader, name)?;
 
     let overflow = || NpzError::ShapeTooLarge {
         name: name.to_owned(),
@@ -272,7 +344,6 @@ fn read_npy_inner<R: Read>(
         .ok_or_else(overflow)?;
 
     if let Some(size) = entry_size {
-        let prefix = (if major == 1 { 10 } else { 12 }) + header_len as u64;
         let available = size.saturating_sub(prefix);
         if expected > available {
             return Err(NpzError::Truncated {
