@@ -346,6 +346,7 @@ fn from_hf_parts(config_json: &[u8], tensors: &Tensors) -> Result<Checkpoint, Ch
     let expected = params::expected_shapes(&config);
     let (params, unexpected) =
         torch_layout::import(&hf::entries(&config, prefix), &expected, tensors)?;
+    weights::check_params(&config, &params)?;
     let labels = hf::read_labels(&json, config.num_classes)?;
     Ok(Checkpoint {
         config,
@@ -364,6 +365,7 @@ fn from_timm_tensors(
     let config = timm::infer_config(tensors, options.num_heads)?;
     let expected = params::expected_shapes(&config);
     let (params, unexpected) = torch_layout::import(&timm::entries(&config), &expected, tensors)?;
+    weights::check_params(&config, &params)?;
     Ok(Checkpoint {
         config,
         params,
