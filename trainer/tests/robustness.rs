@@ -25,6 +25,8 @@ struct Outcome {
 
 /// Runs `command` to its end and measures its own peak memory (`wait4`'s `ru_maxrss`),
 /// whatever other tests run meanwhile.
+// The child is reaped by `wait4`, which std's `Child::wait` cannot replace here.
+#[allow(clippy::zombie_processes)]
 fn run(command: &mut Command) -> Outcome {
     let mut child = command
         .stdout(Stdio::null())

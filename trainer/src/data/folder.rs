@@ -783,4 +783,42 @@ mod tests {
             assert_eq!(img.pixels[0], (i % 251) as u8);
         }
     }
+
+    /// Mutated tar archives (`vit_tests::fuzz`) never panic the loader: every one is a
+    /// data set or an error, whatever its headers, names and sizes say.
+    #[test]
+    fn mutated_tar_archives_load_or_fail_cleanly() {
+        let mut builder = tar::Builder::new(Vec::new());
+        for (index, name) in [
+            "train/a/0.png",
+            "train/b/1.png",
+            "test/a/2.png",
+            "test/b/3.png",
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let bytes = png(3, 2, 40 * index as u8);
+            let mut header = tar::Header::new_gnu();
+            header.set_size(bytes.len() as u64);
+            header.set_mode(0o644);
+            header.set_cksum();
+            builder
+                .append_data(&mut header, name, bytes.as_slice())
+                .expect("append");
+        }
+        let archive = builder.into_inner().expect("tar");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("case.tar");
+        let report = vit_tests::fuzz::run(
+            "tar",
+            std::slice::from_ref(&archive),
+            std::time::Duration::from_secs(2),
+            |bytes| {
+                std::fs::write(&path, bytes).expect("write");
+                load_image_folder(&path, &FolderOptions::default()).is_ok()
+            },
+        );
+        assert!(report.accepted > 0 && report.refused > 0, "{report:?}");
+    }
 }
