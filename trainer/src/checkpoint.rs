@@ -61,12 +61,14 @@ pub fn save(
         return Err(error);
     }
     if target.exists() {
-        fs::rename(&target, &previous).context("cannot move the previous checkpoint aside")?;
+        fs::rename(&target, &previous)
+            .with_context(|| format!("cannot move {} aside", target.display()))?;
     }
     fs::rename(&staging, &target)
         .with_context(|| format!("cannot move the new checkpoint to {}", target.display()))?;
     if previous.exists() {
-        fs::remove_dir_all(&previous).context("cannot remove the previous checkpoint")?;
+        fs::remove_dir_all(&previous)
+            .with_context(|| format!("cannot remove {}", previous.display()))?;
     }
     vit::checkpoint::sync_folder(workdir)
         .with_context(|| format!("cannot flush {} to the disk", workdir.display()))

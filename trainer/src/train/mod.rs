@@ -136,7 +136,12 @@ pub fn run(args: &TrainArgs, explicit: &[String]) -> Result<Completion> {
         Some(recipe.describe(model.config(), test_accuracy, test_set.images.len()));
     export
         .save(&export_dir, SaveOptions::default())
-        .context("cannot write the exported model")?;
+        .with_context(|| {
+            format!(
+                "cannot write the exported model to {}",
+                export_dir.display()
+            )
+        })?;
     eprintln!("exported the fine-tuned model to {}", export_dir.display());
     Ok(Completion::Finished)
 }

@@ -260,8 +260,14 @@ impl Run<'_> {
             args: self.options.clone(),
             classes: self.classes.to_vec(),
         };
-        checkpoint::save(&self.options.runtime.workdir, model, optimizer, &state)
-            .context("cannot write the checkpoint")
+        checkpoint::save(&self.options.runtime.workdir, model, optimizer, &state).with_context(
+            || {
+                format!(
+                    "cannot write the checkpoint in {}",
+                    self.options.runtime.workdir.display()
+                )
+            },
+        )
     }
 }
 
