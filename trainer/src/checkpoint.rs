@@ -2,9 +2,9 @@
 //! had never stopped.
 //!
 //! `WORKDIR/checkpoint/` holds the model in the export format (so `predict` and
-//! `eval` read it as it is), the momentum buffers (`momentum.safetensors`, float32,
-//! keyed by parameter path such as `encoder.blocks.0.mlp.dense_0.weight`), and
-//! `state.json` (completed steps and the run's options). The data order and
+//! `eval` read it as it is), the optimiser's buffers (`optimizer.safetensors`, float32,
+//! keyed by buffer and parameter path such as `momentum.encoder.blocks.0.mlp.dense_0.weight`),
+//! and `state.json` (completed steps and the run's options). The data order and
 //! every augmentation are pure functions of (seed, step), so the seed (in the
 //! options) and the step are the whole data-pipeline and RNG state.
 
@@ -20,11 +20,11 @@ use serde::{Deserialize, Serialize};
 use vit::checkpoint::safetensors_io::{self, Tensors};
 use vit::{Checkpoint, SaveOptions, VisionTransformer};
 
-use crate::optimizer::Sgd;
+use crate::optimizer::{Optimizer, Rule};
 use crate::recipe::RunOptions;
 
 const DIR: &str = "checkpoint";
-const MOMENTUM_FILE: &str = "momentum.safetensors";
+const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 const STATE_FILE: &str = "state.json";
 
 /// What is saved besides the weights.
@@ -49,7 +49,7 @@ pub fn dir(workdir: &Path) -> PathBuf {
 pub fn save(
     workdir: &Path,
     model: &VisionTransformer,
-    optimizer: &Sgd,
+    optimizer: &Optimizer,
     state: &State,
 ) -> Result<()> {
     let target = dir(workdir);
@@ -77,7 +77,7 @@ pub fn save(
 fn write_files(
     staging: &Path,
     model: &VisionTransformer,
-    optimizer: &Sgd,
+    optimizer: &Optimizer,
     state: &State,
 ) -> Result<()> {
     let exact = SaveOptions { float16: false };
@@ -86,7 +86,7 @@ fn write_files(
         .context("cannot write the checkpoint's model")?;
     let momentum = safetensors_io::write(&optimizer.buffers(model), false)
         .context("cannot serialise the momentum buffers")?;
-    vit::checkpoint::write_atomically(&staging.join(MOMENTUM_FILE), &momentum)?;
+    vit::checkpoint::write_atomically(&staging.join(OPTIMIZER_FILE), &momentum)?;
     vit::checkpoint::write_atomically(
         &staging.join(STATE_FILE),
         &serde_json::to_vec_pretty(state)?,
@@ -131,7 +131,13 @@ pub fn find(workdir: &Path) -> Result<Option<(PathBuf, State)>> {
 }
 
 /// The model (on `device`, with gradients) and the optimiser of a checkpoint.
-pub fn load(dir: &Path, momentum: f64, device: &Device) -> Result<(VisionTransformer, Sgd)> {
+/// `rule` and `steps` (the updates done) come from the run's state.
+pub fn load(
+    dir: &Path,
+    rule: Rule,
+    steps: usize,
+    device: &Device,
+) -> Result<(VisionTransformer, Optimizer)> {
     let read = |name: &str| {
         fs::read(dir.join(name))
             .with_context(|| format!("cannot read {}", dir.join(name).display()))
@@ -139,7 +145,7 @@ pub fn load(dir: &Path, momentum: f64, device: &Device) -> Result<(VisionTransfo
     let model = vit::checkpoint::load(dir, &Default::default())
         .and_then(|checkpoint| checkpoint.into_model(&device.clone().autodiff()))
         .with_context(|| format!("the checkpoint model in {} is unreadable", dir.display()))?;
-    let bytes = read(MOMENTUM_FILE)?;
+    let bytes = read(OPTIMIZER_FILE)?;
     let unreadable = || format!("the momentum buffers in {} are unreadable", dir.display());
     let tensors = Tensors::parse(&[&bytes]).with_context(unreadable)?;
     let saved = tensors
@@ -147,12 +153,13 @@ pub fn load(dir: &Path, momentum: f64, device: &Device) -> Result<(VisionTransfo
         .map(|name| Ok((name.to_string(), tensors.get(name)?)))
         .collect::<Result<BTreeMap<_, _>, vit::CheckpointError>>()
         .with_context(unreadable)?;
-    let optimizer = Sgd::with_buffers(momentum, &model, saved, device).map_err(|error| {
-        anyhow!(
-            "the momentum buffers in {} do not fit the model: {error}",
-            dir.display()
-        )
-    })?;
+    let optimizer =
+        Optimizer::with_buffers(rule, steps as u64, &model, saved, device).map_err(|error| {
+            anyhow!(
+                "the momentum buffers in {} do not fit the model: {error}",
+                dir.display()
+            )
+        })?;
     Ok((model, optimizer))
 }
 
@@ -205,11 +212,11 @@ mod tests {
             &device.clone().autodiff(),
         );
         let grads = GradientsParams::from_grads(model.forward(images).sum().backward(), &model);
-        let mut optimizer = Sgd::new(0.9);
+        let mut optimizer = Optimizer::new(Rule::Sgd { momentum: 0.9 });
         let (model, _) = optimizer.step(model, grads, 0.1, None);
         let buffers = optimizer.buffers(&model);
-        assert!(buffers.contains_key("encoder.blocks.0.attention.qkv.weight"));
-        assert!(buffers.contains_key("head.bias"));
+        assert!(buffers.contains_key("momentum.encoder.blocks.0.attention.qkv.weight"));
+        assert!(buffers.contains_key("momentum.head.bias"));
 
         let state = state(5, &["--steps", "7", "--seed", "3"]);
         save(workdir.path(), &model, &optimizer, &state).expect("first save");
@@ -224,7 +231,8 @@ mod tests {
         let (found_dir, found) = find(workdir.path()).expect("find").expect("a checkpoint");
         assert_eq!(found.step, 5);
         assert_eq!(found.args, state.args);
-        let (loaded, restored) = load(&found_dir, 0.9, &device).expect("load");
+        let (loaded, restored) =
+            load(&found_dir, Rule::Sgd { momentum: 0.9 }, 5, &device).expect("load");
         assert_eq!(values(&loaded), values(&model));
         assert_eq!(restored.buffers(&loaded), buffers);
         // `predict` and `eval` read the checkpoint folder as an ordinary model.
@@ -242,7 +250,13 @@ mod tests {
         )
         .expect("model");
         let state = state(2, &[]);
-        save(workdir.path(), &model, &Sgd::new(0.9), &state).expect("save");
+        save(
+            workdir.path(),
+            &model,
+            &Optimizer::new(Rule::Sgd { momentum: 0.9 }),
+            &state,
+        )
+        .expect("save");
         fs::rename(
             dir(workdir.path()),
             workdir.path().join("checkpoint.previous"),
@@ -250,7 +264,7 @@ mod tests {
         .expect("mv");
         let (found_dir, found) = find(workdir.path()).expect("find").expect("found");
         assert_eq!(found.step, 2);
-        assert!(load(&found_dir, 0.9, &device).is_ok());
+        assert!(load(&found_dir, Rule::Sgd { momentum: 0.9 }, 5, &device).is_ok());
         assert!(
             find(tempfile::tempdir().expect("empty").path())
                 .expect("find")

@@ -6,6 +6,7 @@ use clap::{Args, Parser, Subcommand};
 use vit::preprocess::Normalization;
 
 use crate::augment;
+use crate::optimizer::Kind;
 use crate::recipe::{Recipe, RepresentationSize, RunOptions, Runtime};
 use crate::schedule::Decay;
 
@@ -278,8 +279,26 @@ pub struct TrainArgs {
     pub warmup: usize,
     #[arg(long, value_enum, default_value_t = Decay::Cosine)]
     pub decay: Decay,
+    /// SGD's momentum (the reference's 0.9).
     #[arg(long, default_value_t = 0.9)]
     pub momentum: f64,
+    /// The optimiser: `sgd` with momentum (the reference's), or `adamw` (PyTorch's AdamW,
+    /// with --weight-decay, --beta1, --beta2, --eps), usual for training from scratch.
+    #[arg(long, value_enum, default_value_t = Kind::Sgd)]
+    pub optimizer: Kind,
+    /// AdamW's decoupled weight decay, applied to weight matrices only (not biases,
+    /// LayerNorms, position embeddings or the class token), as timm does.
+    #[arg(long, default_value_t = 0.0)]
+    pub weight_decay: f64,
+    #[arg(long, default_value_t = 0.9)]
+    pub beta1: f64,
+    #[arg(long, default_value_t = 0.999)]
+    pub beta2: f64,
+    #[arg(long, default_value_t = 1e-8)]
+    pub eps: f64,
+    /// Label smoothing of the cross-entropy (0.1 is usual for training from scratch).
+    #[arg(long, default_value_t = 0.0)]
+    pub label_smoothing: f64,
     /// Clip gradients to this global norm (0 disables).
     #[arg(long, default_value_t = 1.0)]
     pub grad_clip: f64,
@@ -352,6 +371,12 @@ impl TrainArgs {
                 warmup: self.warmup,
                 decay: self.decay,
                 momentum: self.momentum,
+                optimizer: self.optimizer,
+                weight_decay: self.weight_decay,
+                beta1: self.beta1,
+                beta2: self.beta2,
+                eps: self.eps,
+                label_smoothing: self.label_smoothing,
                 grad_clip: self.grad_clip,
                 resolution: self.resolution,
                 min_crop_area: self.min_crop_area,

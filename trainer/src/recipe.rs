@@ -14,6 +14,7 @@ use vit::ViTConfig;
 use vit::preprocess::Normalization;
 
 use crate::augment;
+use crate::optimizer::{Kind, Rule};
 use crate::schedule::{Decay, Schedule};
 
 /// Everything that decides what a run computes.
@@ -41,6 +42,20 @@ pub struct Recipe {
     pub warmup: usize,
     pub decay: Decay,
     pub momentum: f64,
+    #[serde(default)]
+    pub optimizer: Kind,
+    /// AdamW's decoupled weight decay.
+    #[serde(default)]
+    pub weight_decay: f64,
+    #[serde(default = "default_beta1")]
+    pub beta1: f64,
+    #[serde(default = "default_beta2")]
+    pub beta2: f64,
+    #[serde(default = "default_eps")]
+    pub eps: f64,
+    /// Label smoothing of the cross-entropy.
+    #[serde(default)]
+    pub label_smoothing: f64,
     /// Global-norm clipping threshold; 0 disables it.
     pub grad_clip: f64,
     pub resolution: usize,
@@ -60,6 +75,19 @@ pub struct Recipe {
 /// For runs saved before `--min-crop-area` existed.
 fn reference_min_crop_area() -> f32 {
     augment::MIN_CROP_AREA
+}
+
+// PyTorch's AdamW defaults, for runs saved before these options existed.
+fn default_beta1() -> f64 {
+    0.9
+}
+
+fn default_beta2() -> f64 {
+    0.999
+}
+
+fn default_eps() -> f64 {
+    1e-8
 }
 
 /// How a run is carried out: none of it changes the numbers it computes.
@@ -176,7 +204,43 @@ impl Recipe {
             "--grad-clip must be a number from 0 (no clipping) to {float32:.1e}, not {}",
             self.grad_clip
         );
+        ensure!(
+            (0.0..=float32).contains(&self.weight_decay),
+            "--weight-decay must be a number from 0 to {float32:.1e}, not {}",
+            self.weight_decay
+        );
+        for (name, beta) in [("--beta1", self.beta1), ("--beta2", self.beta2)] {
+            ensure!(
+                (0.0..1.0).contains(&beta),
+                "{name} must be in [0, 1), not {beta}"
+            );
+        }
+        ensure!(
+            self.eps > 0.0 && self.eps <= float32,
+            "--eps must be a positive number, not {}",
+            self.eps
+        );
+        ensure!(
+            (0.0..1.0).contains(&self.label_smoothing),
+            "--label-smoothing must be in [0, 1), not {}",
+            self.label_smoothing
+        );
         Ok(())
+    }
+
+    /// The optimiser's update rule.
+    pub fn rule(&self) -> Rule {
+        match self.optimizer {
+            Kind::Sgd => Rule::Sgd {
+                momentum: self.momentum,
+            },
+            Kind::Adamw => Rule::AdamW {
+                beta1: self.beta1,
+                beta2: self.beta2,
+                eps: self.eps,
+                weight_decay: self.weight_decay,
+            },
+        }
     }
 
     /// Images per forward pass.

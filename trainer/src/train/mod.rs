@@ -19,7 +19,7 @@ use vit::{Checkpoint, SaveOptions};
 use crate::cli::TrainArgs;
 use crate::data::{Dataset, Source, Splits};
 use crate::metrics::Metrics;
-use crate::optimizer::Sgd;
+use crate::optimizer::Optimizer;
 use crate::recipe::{Recipe, RunOptions, Runtime};
 use crate::{checkpoint, device};
 use steps::{Run, Start};
@@ -72,7 +72,7 @@ pub fn run(args: &TrainArgs, explicit: &[String]) -> Result<Completion> {
                     state.classes.join(", ")
                 );
             }
-            let (model, optimizer) = checkpoint::load(dir, recipe.momentum, &device)?;
+            let (model, optimizer) = checkpoint::load(dir, recipe.rule(), state.step, &device)?;
             eprintln!(
                 "resuming from the checkpoint at step {} in {}",
                 state.step,
@@ -98,7 +98,7 @@ pub fn run(args: &TrainArgs, explicit: &[String]) -> Result<Completion> {
                 .with_context(|| format!("cannot write {}", path.display()))?;
             Start {
                 model,
-                optimizer: Sgd::new(recipe.momentum),
+                optimizer: Optimizer::new(recipe.rule()),
                 step: 0,
                 metrics: Metrics::create(&runtime.workdir)?,
             }

@@ -17,25 +17,32 @@ use vit::VisionTransformer;
 use super::Completion;
 use crate::data::Dataset;
 use crate::metrics::{Metrics, MetricsLine};
-use crate::optimizer::{self, Sgd};
+use crate::optimizer::{self, Optimizer};
 use crate::pipeline::{self, MicroBatch, Plan};
 use crate::recipe::RunOptions;
 use crate::{checkpoint, eval, progress};
 
-/// Mean softmax cross-entropy of `logits` [B, C] against class `targets`.
-pub fn cross_entropy(logits: Tensor<2>, targets: &[usize]) -> Tensor<1> {
+/// Mean softmax cross-entropy of `logits` [B, C] against class `targets`, with label
+/// smoothing `smoothing` as PyTorch's `CrossEntropyLoss(label_smoothing=…)`:
+/// `(1 − s)·(−log p_target) + s·mean_c(−log p_c)`. With 0 it is the plain loss.
+pub fn cross_entropy(logits: Tensor<2>, targets: &[usize], smoothing: f64) -> Tensor<1> {
     let device = logits.device();
     let [batch, _] = logits.dims();
     let targets: Vec<i64> = targets.iter().map(|&t| t as i64).collect();
     let targets = Tensor::<2, Int>::from_data(TensorData::new(targets, [batch, 1]), &device);
-    let picked = log_softmax(logits, 1).gather(1, targets);
-    picked.mean().neg()
+    let log_probabilities = log_softmax(logits, 1);
+    let target_loss = log_probabilities.clone().gather(1, targets).mean().neg();
+    if smoothing == 0.0 {
+        return target_loss;
+    }
+    let uniform_loss = log_probabilities.mean().neg();
+    target_loss * (1.0 - smoothing) + uniform_loss * smoothing
 }
 
 /// Where training starts: a fresh model, or a checkpoint's.
 pub struct Start {
     pub model: VisionTransformer,
-    pub optimizer: Sgd,
+    pub optimizer: Optimizer,
     /// Updates already done.
     pub step: usize,
     pub metrics: Metrics,
@@ -202,7 +209,7 @@ impl Run<'_> {
     fn update(
         &self,
         model: VisionTransformer,
-        optimizer: &mut Sgd,
+        optimizer: &mut Optimizer,
         step: usize,
         batches: &Receiver<MicroBatch>,
     ) -> Result<(VisionTransformer, StepReport)> {
@@ -218,8 +225,11 @@ impl Run<'_> {
                 TensorData::new(batch.pixels, [batch.targets.len(), 3, size, size]),
                 &training_device,
             );
-            let part =
-                cross_entropy(model.forward(images), &batch.targets) / recipe.accum_steps as f64;
+            let part = cross_entropy(
+                model.forward(images),
+                &batch.targets,
+                recipe.label_smoothing,
+            ) / recipe.accum_steps as f64;
             loss += f64::from(part.clone().into_scalar::<f32>());
             let grads = GradientsParams::from_grads(part.backward(), &model);
             accumulator.accumulate(&model, grads);
@@ -254,7 +264,12 @@ impl Run<'_> {
         }
     }
 
-    fn save(&self, model: &VisionTransformer, optimizer: &Sgd, completed: usize) -> Result<()> {
+    fn save(
+        &self,
+        model: &VisionTransformer,
+        optimizer: &Optimizer,
+        completed: usize,
+    ) -> Result<()> {
         let state = checkpoint::State {
             step: completed,
             args: self.options.clone(),
@@ -281,11 +296,19 @@ mod tests {
     fn cross_entropy_of_uniform_logits_is_ln_classes() {
         let device = Device::flex();
         let logits = Tensor::<2>::zeros([2, 10], &device);
-        let loss = cross_entropy(logits, &[3, 7]).into_scalar::<f32>();
+        let loss = cross_entropy(logits.clone(), &[3, 7], 0.0).into_scalar::<f32>();
         assert!((loss - 10f32.ln()).abs() < 1e-6);
         let logits = Tensor::<2>::from_data(TensorData::new(vec![2.0f32, 0.0], [1, 2]), &device);
-        let loss = cross_entropy(logits, &[1]).into_scalar::<f32>();
+        let loss = cross_entropy(logits.clone(), &[1], 0.0).into_scalar::<f32>();
         assert!((loss - (1.0 + (-2f32).exp()).ln() - 2.0).abs() < 1e-6);
+        // Smoothing 0.1 as PyTorch: 0.9·(−log p₁) + 0.1·mean(−log p₀, −log p₁).
+        let smoothed = cross_entropy(logits, &[1], 0.1).into_scalar::<f32>();
+        let log_p = |x: f32| x - (2f32.exp() + 1.0).ln();
+        let expected = 0.9 * -log_p(0.0) + 0.1 * -(log_p(2.0) + log_p(0.0)) / 2.0;
+        assert!(
+            (smoothed - expected).abs() < 1e-6,
+            "{smoothed} vs {expected}"
+        );
     }
 
     #[test]
@@ -297,17 +320,18 @@ mod tests {
         model.head = Some(burn::nn::LinearConfig::new(8, 3).init(&device));
         let images = Tensor::<4>::random([4, 3, 8, 8], Distribution::Uniform(-1.0, 1.0), &device);
         let targets = [0, 2, 1, 2];
-        let whole = cross_entropy(model.forward(images.clone()), &targets);
+        let whole = cross_entropy(model.forward(images.clone()), &targets, 0.0);
         let whole = GradientsParams::from_grads(whole.backward(), &model);
         let mut accumulator = GradientsAccumulator::<VisionTransformer>::new();
         for half in 0..2 {
             let part = images.clone().narrow(0, half * 2, 2);
-            let loss = cross_entropy(model.forward(part), &targets[half * 2..half * 2 + 2]) / 2.0;
+            let loss =
+                cross_entropy(model.forward(part), &targets[half * 2..half * 2 + 2], 0.0) / 2.0;
             accumulator.accumulate(&model, GradientsParams::from_grads(loss.backward(), &model));
         }
         let accumulated = accumulator.grads();
-        let norm_whole = Sgd::global_norm(&model, &whole);
-        let norm_accumulated = Sgd::global_norm(&model, &accumulated);
+        let norm_whole = Optimizer::global_norm(&model, &whole);
+        let norm_accumulated = Optimizer::global_norm(&model, &accumulated);
         assert!(norm_whole > 0.0);
         assert!((norm_whole - norm_accumulated).abs() < 1e-5 * norm_whole);
         let id = model.head.as_ref().unwrap().weight.id;
