@@ -44,6 +44,11 @@ pub struct ViTConfig {
     pub dropout: f64,
     #[serde(default)]
     pub attention_dropout: f64,
+    /// Stochastic depth (timm's `drop_path_rate`): in training, each block's residual
+    /// branches are dropped per example with a rate rising linearly from 0 in the first
+    /// block to this in the last. 0 for every reference model.
+    #[serde(default)]
+    pub drop_path: f64,
     #[serde(default = "default_layer_norm_eps")]
     pub layer_norm_eps: f64,
     #[serde(default = "default_activation")]
@@ -134,6 +139,7 @@ impl ViTConfig {
             representation_size: None,
             dropout,
             attention_dropout: 0.0,
+            drop_path: 0.0,
             layer_norm_eps: 1e-6,
             activation: Activation::GeluTanh,
             normalization: Normalization::REFERENCE,
@@ -205,6 +211,15 @@ impl ViTConfig {
 
     pub fn head_dim(&self) -> usize {
         self.hidden_size / self.num_heads.max(1)
+    }
+
+    /// The stochastic-depth rate of block `layer` (timm's linear rule).
+    pub fn drop_path_at(&self, layer: usize) -> f64 {
+        if self.num_layers <= 1 {
+            self.drop_path
+        } else {
+            self.drop_path * layer as f64 / (self.num_layers - 1) as f64
+        }
     }
 
     /// Width of the vector the head sees.
@@ -281,6 +296,7 @@ impl ViTConfig {
         for (name, rate) in [
             ("dropout", self.dropout),
             ("attention_dropout", self.attention_dropout),
+            ("drop_path", self.drop_path),
         ] {
             if !(0.0..1.0).contains(&rate) {
                 return fail(format!("{name} must be in [0, 1), got {rate}"));

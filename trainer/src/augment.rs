@@ -150,6 +150,14 @@ pub fn example_rng(seed: u64, step: u64, index: u64) -> impl Rng + Clone {
     Xoshiro256PlusPlus::from_seed(bytes)
 }
 
+/// The seed of the model's own randomness (dropout, stochastic depth) in micro-batch
+/// `part` of update `step`: set on the device before each forward pass, so that these
+/// too are functions of (seed, step) and a resumed run repeats them.
+pub fn model_seed(seed: u64, step: u64, part: u64) -> u64 {
+    // Index u64::MAX − part is never an example position, so this stream is apart.
+    example_rng(seed, step, u64::MAX - part).next_u64()
+}
+
 /// SplitMix64's output function: a bijection on u64 that spreads every input
 /// bit over the whole word, so nearby seeds give unrelated generator states.
 fn mix64(x: u64) -> u64 {
@@ -168,6 +176,17 @@ pub struct Positions {
     pub first: usize,
 }
 
+/// How a training example is cropped before the flip and the resize.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Cropping {
+    /// The reference's Inception-style crop ([`sample_crop`]) of at least `min_area` of
+    /// the image.
+    Area { min_area: f32 },
+    /// torchvision's `RandomCrop(size, padding)`: the image padded with `padding` black
+    /// pixels on every side, then a crop of the image's own size at a uniform offset.
+    Padded { padding: usize },
+}
+
 /// Builds training examples for `indices` into `images`, each augmented with its
 /// own [`example_rng`]; returns the concatenated CHW data `[B, 3, S, S]`, in
 /// `indices` order.
@@ -184,7 +203,7 @@ pub fn train_batch(
     images: &[RgbImage],
     indices: &[usize],
     size: usize,
-    min_crop_area: f32,
+    cropping: Cropping,
     normalization: &Normalization,
     positions: Positions,
 ) -> Vec<f32> {
@@ -192,11 +211,44 @@ pub fn train_batch(
         let position = (positions.first + offset) as u64;
         let mut rng = example_rng(positions.seed, positions.step, position);
         let image = &images[index];
-        let crop = sample_crop(image.width, image.height, min_crop_area, &mut rng);
+        let (source, crop) = match cropping {
+            Cropping::Area { min_area } => (
+                std::borrow::Cow::Borrowed(image),
+                sample_crop(image.width, image.height, min_area, &mut rng),
+            ),
+            Cropping::Padded { padding } => {
+                // Offsets uniform in [0, 2·padding], as torchvision's.
+                let x = rng.random_range(0..=2 * padding);
+                let y = rng.random_range(0..=2 * padding);
+                let crop = Crop {
+                    x,
+                    y,
+                    width: image.width,
+                    height: image.height,
+                };
+                (std::borrow::Cow::Owned(padded(image, padding)), crop)
+            }
+        };
         // The reference flips when `tf.random.uniform([]) > 0.5`, after the crop.
         let flip = rng.random::<f32>() > 0.5;
-        resize_crop_into(image, crop, size, flip, normalization, rows, out);
+        resize_crop_into(&source, crop, size, flip, normalization, rows, out);
     })
+}
+
+/// `image` with `padding` black pixels on every side.
+fn padded(image: &RgbImage, padding: usize) -> RgbImage {
+    let width = image.width + 2 * padding;
+    let height = image.height + 2 * padding;
+    let mut pixels = vec![0u8; width * height * 3];
+    for (y, row) in image.pixels.chunks_exact(image.width * 3).enumerate() {
+        let start = ((y + padding) * width + padding) * 3;
+        pixels[start..start + row.len()].copy_from_slice(row);
+    }
+    RgbImage {
+        width,
+        height,
+        pixels,
+    }
 }
 
 /// The whole images of `indices`, resized and normalised, concatenated as
@@ -253,6 +305,9 @@ mod tests {
     }
 
     const REFERENCE: Normalization = Normalization::REFERENCE;
+    const AREA: Cropping = Cropping::Area {
+        min_area: MIN_CROP_AREA,
+    };
 
     fn positions(seed: u64, step: u64, first: usize) -> Positions {
         Positions { seed, step, first }
@@ -566,7 +621,7 @@ mod tests {
             &images,
             &indices,
             size,
-            MIN_CROP_AREA,
+            AREA,
             &REFERENCE,
             positions(11, 5, 0),
         );
@@ -606,7 +661,7 @@ mod tests {
                 &images,
                 &indices,
                 size,
-                MIN_CROP_AREA,
+                AREA,
                 &REFERENCE,
                 positions(11, 6, 0)
             ),
@@ -616,22 +671,12 @@ mod tests {
             &images,
             &indices[3..],
             size,
-            MIN_CROP_AREA,
+            AREA,
             &REFERENCE,
             positions(11, 5, 3),
         );
         assert_eq!(tail, batch[3 * example_len..]);
-        assert!(
-            train_batch(
-                &images,
-                &[],
-                size,
-                MIN_CROP_AREA,
-                &REFERENCE,
-                positions(11, 5, 0)
-            )
-            .is_empty()
-        );
+        assert!(train_batch(&images, &[], size, AREA, &REFERENCE, positions(11, 5, 0)).is_empty());
     }
 
     #[test]
@@ -645,14 +690,7 @@ mod tests {
                 .expect("pool");
             pool.install(|| {
                 (
-                    train_batch(
-                        &images,
-                        &indices,
-                        12,
-                        MIN_CROP_AREA,
-                        &REFERENCE,
-                        positions(1, 2, 0),
-                    ),
+                    train_batch(&images, &indices, 12, AREA, &REFERENCE, positions(1, 2, 0)),
                     eval_batch(&images, &indices, 12, &REFERENCE),
                 )
             })
@@ -673,5 +711,54 @@ mod tests {
             .flat_map(|&i| preprocess_rgb(&images[i], 20, &normalization).data)
             .collect();
         assert_eq!(batch, expected);
+    }
+
+    #[test]
+    fn padded_crops_shift_the_image_inside_a_black_border() {
+        let image = test_image(6, 6, 7);
+        let padding = 2;
+        let cropping = Cropping::Padded { padding };
+        // Mean 0 and std 1/255: the output is the pixel values (up to f32 rounding).
+        let raw = Normalization {
+            mean: [0.0; 3],
+            std: [1.0 / 255.0; 3],
+        };
+        let mut offsets = std::collections::BTreeSet::new();
+        for position in 0..300 {
+            // A 6x6 crop at 6 px: no resizing, so the output is the crop itself.
+            let out = train_batch(
+                std::slice::from_ref(&image),
+                &[0],
+                6,
+                cropping,
+                &raw,
+                positions(3, 1, position),
+            );
+            let mut rng = example_rng(3, 1, position as u64);
+            let x = rng.random_range(0..=2 * padding);
+            let y = rng.random_range(0..=2 * padding);
+            let flip = rng.random::<f32>() > 0.5;
+            offsets.insert((x, y));
+            for row in 0..6 {
+                for column in 0..6 {
+                    let source_column = if flip { 5 - column } else { column };
+                    let sx = (source_column + x) as isize - padding as isize;
+                    let sy = (row + y) as isize - padding as isize;
+                    let inside = (0..6).contains(&sx) && (0..6).contains(&sy);
+                    let expected = if inside {
+                        f32::from(image.pixels[(sy as usize * 6 + sx as usize) * 3])
+                    } else {
+                        0.0
+                    };
+                    let got = out[row * 6 + column];
+                    assert!(
+                        (got - expected).abs() < 1e-3,
+                        "position {position}, ({row}, {column}): {got} vs {expected}"
+                    );
+                }
+            }
+        }
+        // Offsets in [0, 4] x [0, 4], all of them seen.
+        assert_eq!(offsets.len(), 25);
     }
 }

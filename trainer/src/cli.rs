@@ -309,11 +309,21 @@ pub struct TrainArgs {
     /// larger values are gentler, e.g. for short training from scratch on small images).
     #[arg(long, default_value_t = augment::MIN_CROP_AREA)]
     pub min_crop_area: f32,
+    /// Crop as torchvision's RandomCrop(padding=N) instead: pad every side with N black
+    /// pixels and take a crop of the image's own size at a random offset (4 is usual for
+    /// CIFAR from scratch). Replaces the reference's area crop; the flip stays.
+    #[arg(long, value_name = "N")]
+    pub pad_crop: Option<usize>,
     #[command(flatten)]
     pub normalization: NormalizationArgs,
     /// Dropout rate (default: the model's; 0 for B/16).
     #[arg(long)]
     pub dropout: Option<f64>,
+    /// Stochastic depth (timm's drop_path_rate): the last block's residual branches are
+    /// dropped per example with this rate, earlier blocks' with linearly less (default:
+    /// the model's; 0 for the reference's).
+    #[arg(long)]
+    pub drop_path: Option<f64>,
     /// Evaluate on the test split every N steps (and at the end).
     #[arg(long, default_value_t = 100)]
     pub eval_every: usize,
@@ -380,9 +390,11 @@ impl TrainArgs {
                 grad_clip: self.grad_clip,
                 resolution: self.resolution,
                 min_crop_area: self.min_crop_area,
+                pad_crop: self.pad_crop,
                 image_mean: self.normalization.image_mean,
                 image_std: self.normalization.image_std,
                 dropout: self.dropout,
+                drop_path: self.drop_path,
                 seed: self.seed,
             },
             runtime: Runtime {

@@ -9,7 +9,7 @@ use rand::RngExt;
 
 use vit::preprocess::Normalization;
 
-use crate::augment::{self, Positions};
+use crate::augment::{self, Cropping, Positions};
 use crate::data::Dataset;
 
 /// One micro-batch, ready for the device: `[len, 3, size, size]` pixels.
@@ -29,8 +29,8 @@ pub struct Plan {
     pub seed: u64,
     /// Image side in pixels.
     pub size: usize,
-    /// The smallest random crop, as a fraction of the image area.
-    pub min_crop_area: f32,
+    /// How training examples are cropped.
+    pub cropping: Cropping,
     /// The model's input normalisation.
     pub normalization: Normalization,
 }
@@ -73,7 +73,7 @@ fn produce(data: &Dataset, plan: Plan, steps: Range<usize>, sender: &SyncSender<
                 &data.images,
                 micro,
                 plan.size,
-                plan.min_crop_area,
+                plan.cropping,
                 &plan.normalization,
                 positions,
             );
@@ -172,7 +172,9 @@ mod tests {
             micro_batch: 2,
             seed: 9,
             size: 4,
-            min_crop_area: augment::MIN_CROP_AREA,
+            cropping: Cropping::Area {
+                min_area: augment::MIN_CROP_AREA,
+            },
             normalization: Normalization::REFERENCE,
         };
         let whole = collect(&data, plan, 0..5);
@@ -207,7 +209,9 @@ mod tests {
             micro_batch: 1,
             seed: 0,
             size: 4,
-            min_crop_area: augment::MIN_CROP_AREA,
+            cropping: Cropping::Area {
+                min_area: augment::MIN_CROP_AREA,
+            },
             normalization: Normalization::REFERENCE,
         };
         let first = with_batches(&data, plan, 0..1_000_000, |batches| {

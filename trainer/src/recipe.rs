@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use vit::ViTConfig;
 use vit::preprocess::Normalization;
 
-use crate::augment;
+use crate::augment::{self, Cropping};
 use crate::optimizer::{Kind, Rule};
 use crate::schedule::{Decay, Schedule};
 
@@ -61,6 +61,9 @@ pub struct Recipe {
     pub resolution: usize,
     #[serde(default = "reference_min_crop_area")]
     pub min_crop_area: f32,
+    /// torchvision-style padded crops instead of the reference's area crops.
+    #[serde(default)]
+    pub pad_crop: Option<usize>,
     /// Replace the model's input normalisation (per channel, in [0, 1] units).
     #[serde(default)]
     pub image_mean: Option<[f32; 3]>,
@@ -68,6 +71,9 @@ pub struct Recipe {
     pub image_std: Option<[f32; 3]>,
     /// Dropout rate; `None`: the model's.
     pub dropout: Option<f64>,
+    /// Stochastic depth rate; `None`: the model's.
+    #[serde(default)]
+    pub drop_path: Option<f64>,
     /// Seed of the data order and the augmentations.
     pub seed: u64,
 }
@@ -220,12 +226,29 @@ impl Recipe {
             "--eps must be a positive number, not {}",
             self.eps
         );
+        if let Some(padding) = self.pad_crop {
+            ensure!(
+                padding <= vit::config::limits::IMAGE_SIZE,
+                "--pad-crop must be at most {} px, not {padding}",
+                vit::config::limits::IMAGE_SIZE
+            );
+        }
         ensure!(
             (0.0..1.0).contains(&self.label_smoothing),
             "--label-smoothing must be in [0, 1), not {}",
             self.label_smoothing
         );
         Ok(())
+    }
+
+    /// How training images are cropped.
+    pub fn cropping(&self) -> Cropping {
+        match self.pad_crop {
+            Some(padding) => Cropping::Padded { padding },
+            None => Cropping::Area {
+                min_area: self.min_crop_area,
+            },
+        }
     }
 
     /// The optimiser's update rule.

@@ -204,6 +204,7 @@ pub fn read_config(
         representation_size: tensor_len(&format!("{prefix}pooler.dense.bias")),
         dropout: 0.0,
         attention_dropout: 0.0,
+        drop_path: 0.0,
         layer_norm_eps: match json.get("layer_norm_eps") {
             None => 1e-12,
             Some(value) => value.as_f64().ok_or_else(|| {

@@ -155,6 +155,7 @@ pub fn infer_config(
         representation_size: None,
         dropout: 0.0,
         attention_dropout: 0.0,
+        drop_path: 0.0,
         layer_norm_eps: 1e-6,
         activation: Activation::GeluExact,
         normalization: Normalization::REFERENCE,

@@ -177,6 +177,7 @@ fn build_block(
         layer_norm_1,
         mlp,
         config.dropout,
+        config.drop_path_at(layer),
     )
 }
 

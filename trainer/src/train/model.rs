@@ -33,6 +33,7 @@ pub fn initial_model(
     .with_num_classes(num_classes)
     .with_image_size(recipe.resolution);
     target.dropout = recipe.dropout.unwrap_or(target.dropout);
+    target.drop_path = recipe.drop_path.unwrap_or(target.drop_path);
     // The pretrained weights expect their own input normalisation.
     let normalization = pretrained
         .as_ref()

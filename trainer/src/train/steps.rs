@@ -20,7 +20,7 @@ use crate::metrics::{Metrics, MetricsLine};
 use crate::optimizer::{self, Optimizer};
 use crate::pipeline::{self, MicroBatch, Plan};
 use crate::recipe::RunOptions;
-use crate::{checkpoint, eval, progress};
+use crate::{augment, checkpoint, eval, progress};
 
 /// Mean softmax cross-entropy of `logits` [B, C] against class `targets`, with label
 /// smoothing `smoothing` as PyTorch's `CrossEntropyLoss(label_smoothing=…)`:
@@ -91,7 +91,7 @@ impl Run<'_> {
             micro_batch: recipe.micro_batch(),
             seed: recipe.seed,
             size: model.config().image_size,
-            min_crop_area: recipe.min_crop_area,
+            cropping: recipe.cropping(),
             normalization: model.config().normalization,
         };
         let steps = recipe.steps;
@@ -218,9 +218,10 @@ impl Run<'_> {
         let size = model.config().image_size;
         let mut accumulator = GradientsAccumulator::<VisionTransformer>::new();
         let mut loss = 0.0;
-        for _ in 0..recipe.accum_steps {
+        for part in 0..recipe.accum_steps {
             let batch = batches.recv().context("the input pipeline stopped")?;
             debug_assert_eq!(batch.step, step);
+            training_device.seed(augment::model_seed(recipe.seed, step as u64, part as u64));
             let images = Tensor::<4>::from_data(
                 TensorData::new(batch.pixels, [batch.targets.len(), 3, size, size]),
                 &training_device,
