@@ -17,14 +17,18 @@ use anyhow::{Context, Result, anyhow};
 use burn::module::Module;
 use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
+use vit::checkpoint::Array;
 use vit::checkpoint::safetensors_io::{self, Tensors};
 use vit::{Checkpoint, SaveOptions, VisionTransformer};
 
-use crate::optimizer::{Optimizer, Rule};
-use crate::recipe::RunOptions;
+use crate::ema::Ema;
+use crate::optimizer::Optimizer;
+use crate::recipe::{Recipe, RunOptions};
 
 const DIR: &str = "checkpoint";
 const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+/// The `--ema` average, by parameter path.
+const EMA_FILE: &str = "ema.safetensors";
 const STATE_FILE: &str = "state.json";
 
 /// What is saved besides the weights.
@@ -50,13 +54,14 @@ pub fn save(
     workdir: &Path,
     model: &VisionTransformer,
     optimizer: &Optimizer,
+    ema: Option<&Ema>,
     state: &State,
 ) -> Result<()> {
     let target = dir(workdir);
     let staging = workdir.join(format!("{DIR}.partial"));
     let previous = workdir.join(format!("{DIR}.previous"));
     tidy(workdir)?;
-    if let Err(error) = write_files(&staging, model, optimizer, state) {
+    if let Err(error) = write_files(&staging, model, optimizer, ema, state) {
         let _ = fs::remove_dir_all(&staging);
         return Err(error);
     }
@@ -78,6 +83,7 @@ fn write_files(
     staging: &Path,
     model: &VisionTransformer,
     optimizer: &Optimizer,
+    ema: Option<&Ema>,
     state: &State,
 ) -> Result<()> {
     let exact = SaveOptions { float16: false };
@@ -87,6 +93,11 @@ fn write_files(
     let momentum = safetensors_io::write(&optimizer.buffers(model), false)
         .context("cannot serialise the momentum buffers")?;
     vit::checkpoint::write_atomically(&staging.join(OPTIMIZER_FILE), &momentum)?;
+    if let Some(ema) = ema {
+        let weights = safetensors_io::write(&ema.weights(), false)
+            .context("cannot serialise the average weights")?;
+        vit::checkpoint::write_atomically(&staging.join(EMA_FILE), &weights)?;
+    }
     vit::checkpoint::write_atomically(
         &staging.join(STATE_FILE),
         &serde_json::to_vec_pretty(state)?,
@@ -130,37 +141,50 @@ pub fn find(workdir: &Path) -> Result<Option<(PathBuf, State)>> {
     Ok(None)
 }
 
-/// The model (on `device`, with gradients) and the optimiser of a checkpoint.
-/// `rule` and `steps` (the updates done) come from the run's state.
+/// The model (on `device`, with gradients), the optimiser and (with `--ema`) the average
+/// of a checkpoint of a run with `recipe` after `steps` updates.
 pub fn load(
     dir: &Path,
-    rule: Rule,
+    recipe: &Recipe,
     steps: usize,
     device: &Device,
-) -> Result<(VisionTransformer, Optimizer)> {
-    let read = |name: &str| {
-        fs::read(dir.join(name))
-            .with_context(|| format!("cannot read {}", dir.join(name).display()))
-    };
+) -> Result<(VisionTransformer, Optimizer, Option<Ema>)> {
     let model = vit::checkpoint::load(dir, &Default::default())
         .and_then(|checkpoint| checkpoint.into_model(&device.clone().autodiff()))
         .with_context(|| format!("the checkpoint model in {} is unreadable", dir.display()))?;
-    let bytes = read(OPTIMIZER_FILE)?;
-    let unreadable = || format!("the momentum buffers in {} are unreadable", dir.display());
+    let buffers = read_arrays(&dir.join(OPTIMIZER_FILE))?;
+    let optimizer = Optimizer::with_buffers(recipe.rule(), steps as u64, &model, buffers, device)
+        .map_err(|error| {
+        anyhow!(
+            "the optimiser state in {} does not fit the model: {error}",
+            dir.display()
+        )
+    })?;
+    let ema = match recipe.ema {
+        Some(decay) => {
+            let weights = read_arrays(&dir.join(EMA_FILE))?;
+            Some(Ema::restore(&model, decay, weights).map_err(|error| {
+                anyhow!(
+                    "the average weights in {} do not fit the model: {error}",
+                    dir.display()
+                )
+            })?)
+        }
+        None => None,
+    };
+    Ok((model, optimizer, ema))
+}
+
+/// Every tensor of a safetensors file, by name.
+fn read_arrays(path: &Path) -> Result<BTreeMap<String, Array>> {
+    let bytes = fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let unreadable = || format!("{} is unreadable", path.display());
     let tensors = Tensors::parse(&[&bytes]).with_context(unreadable)?;
-    let saved = tensors
+    tensors
         .names()
         .map(|name| Ok((name.to_string(), tensors.get(name)?)))
         .collect::<Result<BTreeMap<_, _>, vit::CheckpointError>>()
-        .with_context(unreadable)?;
-    let optimizer =
-        Optimizer::with_buffers(rule, steps as u64, &model, saved, device).map_err(|error| {
-            anyhow!(
-                "the momentum buffers in {} do not fit the model: {error}",
-                dir.display()
-            )
-        })?;
-    Ok((model, optimizer))
+        .with_context(unreadable)
 }
 
 #[cfg(test)]
@@ -170,6 +194,7 @@ mod tests {
     use burn::tensor::{Distribution, Tensor};
 
     use super::*;
+    use crate::optimizer::Rule;
 
     /// A checkpoint state at `step` of a run with these command-line options.
     fn state(step: usize, options: &[&str]) -> State {
@@ -219,9 +244,9 @@ mod tests {
         assert!(buffers.contains_key("momentum.head.bias"));
 
         let state = state(5, &["--steps", "7", "--seed", "3"]);
-        save(workdir.path(), &model, &optimizer, &state).expect("first save");
+        save(workdir.path(), &model, &optimizer, None, &state).expect("first save");
         // A second save replaces the first and leaves no staging folders behind.
-        save(workdir.path(), &model, &optimizer, &state).expect("second save");
+        save(workdir.path(), &model, &optimizer, None, &state).expect("second save");
         let names: Vec<_> = fs::read_dir(workdir.path())
             .expect("list")
             .map(|entry| entry.expect("entry").file_name())
@@ -231,8 +256,9 @@ mod tests {
         let (found_dir, found) = find(workdir.path()).expect("find").expect("a checkpoint");
         assert_eq!(found.step, 5);
         assert_eq!(found.args, state.args);
-        let (loaded, restored) =
-            load(&found_dir, Rule::Sgd { momentum: 0.9 }, 5, &device).expect("load");
+        let (loaded, restored, ema) =
+            load(&found_dir, &state.args.recipe, 5, &device).expect("load");
+        assert!(ema.is_none());
         assert_eq!(values(&loaded), values(&model));
         assert_eq!(restored.buffers(&loaded), buffers);
         // `predict` and `eval` read the checkpoint folder as an ordinary model.
@@ -254,6 +280,7 @@ mod tests {
             workdir.path(),
             &model,
             &Optimizer::new(Rule::Sgd { momentum: 0.9 }),
+            None,
             &state,
         )
         .expect("save");
@@ -264,7 +291,7 @@ mod tests {
         .expect("mv");
         let (found_dir, found) = find(workdir.path()).expect("find").expect("found");
         assert_eq!(found.step, 2);
-        assert!(load(&found_dir, Rule::Sgd { momentum: 0.9 }, 5, &device).is_ok());
+        assert!(load(&found_dir, &state.args.recipe, 2, &device).is_ok());
         assert!(
             find(tempfile::tempdir().expect("empty").path())
                 .expect("find")

@@ -43,7 +43,7 @@ pub enum Command {
     /// 500 warm-up steps then cosine decay, gradient clipping at norm 1.
     ///
     /// Example: trainer train --steps 2000 --dataset cifar10
-    Train(TrainArgs),
+    Train(Box<TrainArgs>),
     /// Classify images with a checkpoint.
     ///
     /// Example: trainer predict --checkpoint export/ --top-k 3 cat.jpg dog.png
@@ -299,6 +299,10 @@ pub struct TrainArgs {
     /// Label smoothing of the cross-entropy (0.1 is usual for training from scratch).
     #[arg(long, default_value_t = 0.0)]
     pub label_smoothing: f64,
+    /// Keep an exponential moving average of the weights with this decay (e.g. 0.9999),
+    /// and evaluate and export it instead of the weights themselves.
+    #[arg(long, value_name = "DECAY")]
+    pub ema: Option<f64>,
     /// Clip gradients to this global norm (0 disables).
     #[arg(long, default_value_t = 1.0)]
     pub grad_clip: f64,
@@ -387,6 +391,7 @@ impl TrainArgs {
                 beta2: self.beta2,
                 eps: self.eps,
                 label_smoothing: self.label_smoothing,
+                ema: self.ema,
                 grad_clip: self.grad_clip,
                 resolution: self.resolution,
                 min_crop_area: self.min_crop_area,

@@ -17,6 +17,8 @@ use burn::tensor::{Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 use vit::checkpoint::Array;
 
+use crate::parameters::{Parameter, parameters};
+
 /// Which update rule, with its settings.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Rule {
@@ -210,45 +212,6 @@ pub fn all_finite<M: Module>(module: &M) -> bool {
     check
         .0
         .is_none_or(|total| total.into_scalar::<f32>().is_finite())
-}
-
-/// A float parameter of a module: where it sits, its id and its shape.
-struct Parameter {
-    path: String,
-    id: ParamId,
-    shape: Vec<usize>,
-}
-
-/// Every float parameter of `module`, in visiting order.
-fn parameters<M: Module>(module: &M) -> Vec<Parameter> {
-    let mut visitor = Parameters::default();
-    module.visit(&mut visitor);
-    visitor.found
-}
-
-#[derive(Default)]
-struct Parameters {
-    /// The module names from the root to where the visit is.
-    path: Vec<String>,
-    found: Vec<Parameter>,
-}
-
-impl ModuleVisitor for Parameters {
-    fn enter_module(&mut self, name: &str, _container_type: &str) {
-        self.path.push(name.to_string());
-    }
-
-    fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.path.pop();
-    }
-
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        self.found.push(Parameter {
-            path: self.path.join("."),
-            id: param.id,
-            shape: param.shape().dims::<D>().to_vec(),
-        });
-    }
 }
 
 struct SquaredNorm<'a> {

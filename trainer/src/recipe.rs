@@ -56,6 +56,9 @@ pub struct Recipe {
     /// Label smoothing of the cross-entropy.
     #[serde(default)]
     pub label_smoothing: f64,
+    /// Decay of the weights' exponential moving average, evaluated and exported.
+    #[serde(default)]
+    pub ema: Option<f64>,
     /// Global-norm clipping threshold; 0 disables it.
     pub grad_clip: f64,
     pub resolution: usize,
@@ -233,6 +236,12 @@ impl Recipe {
                 vit::config::limits::IMAGE_SIZE
             );
         }
+        if let Some(decay) = self.ema {
+            ensure!(
+                decay > 0.0 && decay < 1.0,
+                "--ema must be between 0 and 1 (e.g. 0.9999), not {decay}"
+            );
+        }
         ensure!(
             (0.0..1.0).contains(&self.label_smoothing),
             "--label-smoothing must be in [0, 1), not {}",
@@ -318,6 +327,9 @@ impl Recipe {
             self.steps,
             self.batch
         );
+        if let Some(decay) = self.ema {
+            text.push_str(&format!(" (weights averaged, EMA {decay})"));
+        }
         if let Some(accuracy) = test_accuracy {
             text.push_str(&format!(
                 "; test accuracy {:.2}% on {test_images} images",

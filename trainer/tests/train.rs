@@ -385,9 +385,11 @@ fn eval_agrees_with_predict_and_writes_the_confusion_matrix() {
 #[test]
 fn a_from_scratch_recipe_resumes_bit_for_bit() {
     let (dir, data) = tiny_data();
-    // AdamW, label smoothing, padded crops and stochastic depth: all the randomness is a
-    // function of (seed, step).
+    // AdamW, label smoothing, padded crops, stochastic depth and a moving average: all
+    // the randomness is a function of (seed, step), and every state is in the checkpoint.
     let recipe = [
+        "--ema",
+        "0.5",
         "--pad-crop",
         "4",
         "--drop-path",
@@ -421,6 +423,19 @@ fn a_from_scratch_recipe_resumes_bit_for_bit() {
         .arg(&parts));
     assert!(status.success(), "{stderr}");
     assert_eq!(recipe_metrics(&parts), recipe_metrics(&whole));
+    // The export is the average (not the weights the checkpoint holds), identical too.
+    assert_ne!(
+        std::fs::read(whole.join("checkpoint/model.safetensors")).unwrap(),
+        std::fs::read(whole.join("export/model.safetensors")).unwrap()
+    );
+    assert_eq!(
+        std::fs::read(parts.join("export/model.safetensors")).unwrap(),
+        std::fs::read(whole.join("export/model.safetensors")).unwrap()
+    );
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(whole.join("export/config.json")).unwrap()).unwrap();
+    let description = config["vit_description"].as_str().unwrap();
+    assert!(description.contains("EMA 0.5"), "{description}");
     // Smoothing: a zero head's first loss is still ln(3), whatever the smoothing.
     let first = metrics(&whole)[0]["loss"].as_f64().unwrap();
     assert!((first - 3f64.ln()).abs() < 1e-5, "{first}");

@@ -13,11 +13,11 @@ mod steps;
 use std::fs;
 
 use anyhow::{Context, Result, bail};
-use burn::module::Module;
 use vit::{Checkpoint, SaveOptions};
 
 use crate::cli::TrainArgs;
 use crate::data::{Dataset, Source, Splits};
+use crate::ema::Ema;
 use crate::metrics::Metrics;
 use crate::optimizer::Optimizer;
 use crate::recipe::{Recipe, RunOptions, Runtime};
@@ -72,7 +72,7 @@ pub fn run(args: &TrainArgs, explicit: &[String]) -> Result<Completion> {
                     state.classes.join(", ")
                 );
             }
-            let (model, optimizer) = checkpoint::load(dir, recipe.rule(), state.step, &device)?;
+            let (model, optimizer, ema) = checkpoint::load(dir, recipe, state.step, &device)?;
             eprintln!(
                 "resuming from the checkpoint at step {} in {}",
                 state.step,
@@ -81,6 +81,7 @@ pub fn run(args: &TrainArgs, explicit: &[String]) -> Result<Completion> {
             Start {
                 model,
                 optimizer,
+                ema,
                 step: state.step,
                 metrics: Metrics::resume(&runtime.workdir, state.step)?,
             }
@@ -97,6 +98,7 @@ pub fn run(args: &TrainArgs, explicit: &[String]) -> Result<Completion> {
             fs::write(&path, serde_json::to_vec_pretty(&config)?)
                 .with_context(|| format!("cannot write {}", path.display()))?;
             Start {
+                ema: recipe.ema.map(|decay| Ema::new(&model, decay)),
                 model,
                 optimizer: Optimizer::new(recipe.rule()),
                 step: 0,
@@ -131,7 +133,8 @@ pub fn run(args: &TrainArgs, explicit: &[String]) -> Result<Completion> {
         Err(stopped) => return Ok(stopped),
     };
     let export_dir = runtime.workdir.join("export");
-    let mut export = Checkpoint::from_model(&model.valid(), Some(classes));
+    // `model` is what was evaluated: the average with --ema, else the weights.
+    let mut export = Checkpoint::from_model(&model, Some(classes));
     export.description =
         Some(recipe.describe(model.config(), test_accuracy, test_set.images.len()));
     export

@@ -16,6 +16,7 @@ use vit::VisionTransformer;
 
 use super::Completion;
 use crate::data::Dataset;
+use crate::ema::Ema;
 use crate::metrics::{Metrics, MetricsLine};
 use crate::optimizer::{self, Optimizer};
 use crate::pipeline::{self, MicroBatch, Plan};
@@ -43,6 +44,8 @@ pub fn cross_entropy(logits: Tensor<2>, targets: &[usize], smoothing: f64) -> Te
 pub struct Start {
     pub model: VisionTransformer,
     pub optimizer: Optimizer,
+    /// The weights' moving average, with `--ema`.
+    pub ema: Option<Ema>,
     /// Updates already done.
     pub step: usize,
     pub metrics: Metrics,
@@ -58,6 +61,15 @@ pub struct Run<'a> {
     pub test_set: &'a Dataset,
     pub device: &'a Device,
     pub interrupted: Arc<AtomicBool>,
+}
+
+/// The model a run evaluates and exports (without gradients): the moving average with
+/// `--ema`, else the weights.
+fn evaluated(model: &VisionTransformer, ema: &Option<Ema>) -> VisionTransformer {
+    match ema {
+        Some(ema) => ema.model().clone(),
+        None => model.valid(),
+    }
 }
 
 /// What one update reports.
@@ -83,6 +95,7 @@ impl Run<'_> {
         let Start {
             mut model,
             mut optimizer,
+            mut ema,
             step: first,
             mut metrics,
         } = start;
@@ -125,6 +138,9 @@ impl Run<'_> {
                         self.kept_checkpoint(last_checkpoint)
                     );
                 }
+                if let Some(ema) = &mut ema {
+                    ema.update(&model);
+                }
                 let images_per_sec = recipe.batch as f64 / started.elapsed().as_secs_f64();
                 bar.set_message(format!(
                     "loss {loss:.4} lr {lr:.2e} {images_per_sec:.1} img/s"
@@ -144,7 +160,7 @@ impl Run<'_> {
                         "evaluating on {} test images",
                         self.test_set.images.len()
                     ));
-                    let accuracy = self.test_accuracy(&model, plan.micro_batch);
+                    let accuracy = self.test_accuracy(&evaluated(&model, &ema), plan.micro_batch);
                     line.test_accuracy = Some(accuracy);
                     progress::log(
                         &bar,
@@ -171,7 +187,7 @@ impl Run<'_> {
                     || number == steps
                 {
                     bar.set_message("writing a checkpoint");
-                    self.save(&model, &optimizer, number)?;
+                    self.save(&model, &optimizer, ema.as_ref(), number)?;
                     last_checkpoint = Some(number);
                 }
                 if (interrupted || stop_here) && number < steps {
@@ -193,7 +209,7 @@ impl Run<'_> {
                     }));
                 }
             }
-            Ok(Ok(model))
+            Ok(Ok(evaluated(&model, &ema)))
         })?;
         let model = match outcome {
             Ok(model) => model,
@@ -248,10 +264,10 @@ impl Run<'_> {
         ))
     }
 
+    /// `model` without gradients.
     fn test_accuracy(&self, model: &VisionTransformer, batch: usize) -> f64 {
         let hidden = ProgressBar::hidden();
-        let predictions =
-            eval::predict_all(&model.valid(), self.test_set, batch, self.device, &hidden);
+        let predictions = eval::predict_all(model, self.test_set, batch, self.device, &hidden);
         eval::accuracy(&predictions, &self.test_set.labels)
     }
 
@@ -269,6 +285,7 @@ impl Run<'_> {
         &self,
         model: &VisionTransformer,
         optimizer: &Optimizer,
+        ema: Option<&Ema>,
         completed: usize,
     ) -> Result<()> {
         let state = checkpoint::State {
@@ -276,7 +293,7 @@ impl Run<'_> {
             args: self.options.clone(),
             classes: self.classes.to_vec(),
         };
-        checkpoint::save(&self.options.runtime.workdir, model, optimizer, &state).with_context(
+        checkpoint::save(&self.options.runtime.workdir, model, optimizer, ema, &state).with_context(
             || {
                 format!(
                     "cannot write the checkpoint in {}",
