@@ -101,11 +101,14 @@ pub mod limits {
 
 /// Names accepted by [`ViTConfig::preset`].
 pub const PRESET_NAMES: &[&str] = &[
-    "Ti/16", "S/16", "B/16", "B/32", "B/8", "L/16", "L/32", "H/14",
+    "Ti/16", "S/16", "B/16", "B/32", "B/8", "L/16", "L/32", "H/14", "Lite-7/4",
 ];
 
 impl ViTConfig {
-    /// A preset of the reference (`configs/models.py`) at 224 px with 1000 classes.
+    /// A preset of the reference (`configs/models.py`) at 224 px with 1000 classes, or
+    /// `Lite-7/4`, the ViT-Lite of "Escaping the Big Data Paradigm with Compact
+    /// Transformers" (Hassani et al.) for small images trained from scratch: 7 layers of
+    /// width 256, 4 heads, MLP 512, 4 px patches (set the resolution to 32 for CIFAR).
     /// Accepts `B/16`, `b16`, `ViT-B_16`, `vit-b16` and similar spellings.
     pub fn preset(name: &str) -> Result<Self, ConfigError> {
         let key: String = name
@@ -125,6 +128,7 @@ impl ViTConfig {
             "l16" => (1024, 4096, 16, 24, 16, 0.1),
             "l32" => (1024, 4096, 16, 24, 32, 0.0),
             "h14" => (1280, 5120, 16, 32, 14, 0.1),
+            "lite74" => (256, 512, 4, 7, 4, 0.0),
             _ => return Err(ConfigError::UnknownPreset(name.to_string())),
         };
         Ok(Self {
@@ -372,6 +376,17 @@ mod tests {
         assert_eq!(l16.num_params(), 304_326_632);
         let b32 = ViTConfig::preset("B/32").unwrap();
         assert_eq!(b32.num_params(), 88_224_232);
+    }
+
+    #[test]
+    fn vit_lite_has_the_papers_size() {
+        // Hassani et al. list ViT-Lite-7/4 at 3.72 M parameters on CIFAR-10.
+        let lite = ViTConfig::preset("Lite-7/4")
+            .unwrap()
+            .with_image_size(32)
+            .with_num_classes(10);
+        assert_eq!(lite.num_params(), 3_722_250);
+        assert_eq!(lite.num_tokens(), 65);
     }
 
     #[test]
