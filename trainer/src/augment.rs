@@ -187,6 +187,29 @@ pub enum Cropping {
     Padded { padding: usize },
 }
 
+/// Everything that happens to one training example.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Augmentation {
+    pub cropping: Cropping,
+    /// A [`trivial_augment`](crate::trivial_augment) operation on the stored image, before
+    /// the crop (`--trivial-augment`).
+    pub trivial_augment: bool,
+    /// The probability of timm's random erasing after normalisation (`--random-erasing`).
+    pub random_erasing: f64,
+}
+
+impl Augmentation {
+    /// The reference's: an area crop of at least `min_area`, the flip, nothing else.
+    #[cfg(test)]
+    pub fn area(min_area: f32) -> Self {
+        Self {
+            cropping: Cropping::Area { min_area },
+            trivial_augment: false,
+            random_erasing: 0.0,
+        }
+    }
+}
+
 /// Builds training examples for `indices` into `images`, each augmented with its
 /// own [`example_rng`]; returns the concatenated CHW data `[B, 3, S, S]`, in
 /// `indices` order.
@@ -203,15 +226,21 @@ pub fn train_batch(
     images: &[RgbImage],
     indices: &[usize],
     size: usize,
-    cropping: Cropping,
+    augmentation: Augmentation,
     normalization: &Normalization,
     positions: Positions,
 ) -> Vec<f32> {
     for_each_example(indices, size, |offset, index, rows, out| {
         let position = (positions.first + offset) as u64;
         let mut rng = example_rng(positions.seed, positions.step, position);
-        let image = &images[index];
-        let (source, crop) = match cropping {
+        let augmented;
+        let image = if augmentation.trivial_augment {
+            augmented = crate::trivial_augment::Op::sample(&mut rng).apply(&images[index]);
+            &augmented
+        } else {
+            &images[index]
+        };
+        let (source, crop) = match augmentation.cropping {
             Cropping::Area { min_area } => (
                 std::borrow::Cow::Borrowed(image),
                 sample_crop(image.width, image.height, min_area, &mut rng),
@@ -232,7 +261,41 @@ pub fn train_batch(
         // The reference flips when `tf.random.uniform([]) > 0.5`, after the crop.
         let flip = rng.random::<f32>() > 0.5;
         resize_crop_into(&source, crop, size, flip, normalization, rows, out);
+        if augmentation.random_erasing > 0.0 {
+            random_erase(out, size, augmentation.random_erasing, &mut rng);
+        }
     })
+}
+
+/// timm's `RandomErasing(probability, mode='pixel')` on one normalised CHW example: with
+/// this probability, up to 10 tries of a rectangle of 2% to 1/3 of the area with a
+/// log-uniform aspect ratio in [0.3, 1/0.3]; the first that fits is filled with standard
+/// normal noise, a value per channel and pixel.
+pub fn random_erase(example: &mut [f32], size: usize, probability: f64, rng: &mut impl Rng) {
+    if rng.random::<f64>() > probability {
+        return;
+    }
+    let area = (size * size) as f64;
+    let log_ratio = (0.3_f64.ln(), (1.0 / 0.3_f64).ln());
+    for _ in 0..10 {
+        let target = rng.random_range(0.02..1.0 / 3.0) * area;
+        let ratio = rng.random_range(log_ratio.0..log_ratio.1).exp();
+        // Python's round(): half to even.
+        let height = (target * ratio).sqrt().round_ties_even() as usize;
+        let width = (target / ratio).sqrt().round_ties_even() as usize;
+        if width < size && height < size {
+            let top = rng.random_range(0..=size - height);
+            let left = rng.random_range(0..=size - width);
+            for plane in example.chunks_exact_mut(size * size) {
+                for row in plane.chunks_exact_mut(size).skip(top).take(height) {
+                    for value in &mut row[left..left + width] {
+                        *value = rng.sample(rand_distr::StandardNormal);
+                    }
+                }
+            }
+            return;
+        }
+    }
 }
 
 /// `image` with `padding` black pixels on every side.
@@ -305,8 +368,12 @@ mod tests {
     }
 
     const REFERENCE: Normalization = Normalization::REFERENCE;
-    const AREA: Cropping = Cropping::Area {
-        min_area: MIN_CROP_AREA,
+    const AREA: Augmentation = Augmentation {
+        cropping: Cropping::Area {
+            min_area: MIN_CROP_AREA,
+        },
+        trivial_augment: false,
+        random_erasing: 0.0,
     };
 
     fn positions(seed: u64, step: u64, first: usize) -> Positions {
@@ -717,7 +784,10 @@ mod tests {
     fn padded_crops_shift_the_image_inside_a_black_border() {
         let image = test_image(6, 6, 7);
         let padding = 2;
-        let cropping = Cropping::Padded { padding };
+        let cropping = Augmentation {
+            cropping: Cropping::Padded { padding },
+            ..AREA
+        };
         // Mean 0 and std 1/255: the output is the pixel values (up to f32 rounding).
         let raw = Normalization {
             mean: [0.0; 3],
@@ -760,5 +830,102 @@ mod tests {
         }
         // Offsets in [0, 4] x [0, 4], all of them seen.
         assert_eq!(offsets.len(), 25);
+    }
+
+    #[test]
+    fn trivial_augment_and_erasing_follow_the_examples_rng() {
+        let images: Vec<RgbImage> = (0..3).map(|i| test_image(8, 8, i)).collect();
+        let raw = Normalization {
+            mean: [0.0; 3],
+            std: [1.0 / 255.0; 3],
+        };
+        let augmentation = Augmentation {
+            cropping: Cropping::Padded { padding: 0 },
+            trivial_augment: true,
+            random_erasing: 0.0,
+        };
+        let indices = [0, 1, 2, 1];
+        let batch = train_batch(&images, &indices, 8, augmentation, &raw, positions(5, 7, 0));
+        let example_len = 3 * 8 * 8;
+        for (position, &index) in indices.iter().enumerate() {
+            // The operation comes first from the example's stream, then crop and flip.
+            let mut rng = example_rng(5, 7, position as u64);
+            let op = crate::trivial_augment::Op::sample(&mut rng);
+            let augmented = op.apply(&images[index]);
+            let _ = (rng.random_range(0..=0usize), rng.random_range(0..=0usize));
+            let flip = rng.random::<f32>() > 0.5;
+            let mut expected = vec![0.0; example_len];
+            resize_crop_into(
+                &augmented,
+                Crop::full(8, 8),
+                8,
+                flip,
+                &raw,
+                &mut Vec::new(),
+                &mut expected,
+            );
+            let got = &batch[position * example_len..(position + 1) * example_len];
+            for (a, b) in got.iter().zip(&expected) {
+                assert!((a - b).abs() < 1e-3, "position {position} ({op:?})");
+            }
+        }
+    }
+
+    #[test]
+    fn random_erasing_fills_one_rectangle_with_noise_at_its_rate() {
+        let size = 32;
+        let mut erased = 0;
+        let trials = 2000;
+        let mut areas = Vec::new();
+        for trial in 0..trials {
+            let mut example = vec![f32::NAN; 3 * size * size];
+            let mut rng = example_rng(1, 2, trial);
+            random_erase(&mut example, size, 0.25, &mut rng);
+            let touched: Vec<usize> = (0..size * size).filter(|&i| !example[i].is_nan()).collect();
+            if touched.is_empty() {
+                continue;
+            }
+            erased += 1;
+            // One rectangle, the same in every channel, of 2% to 1/3 of the image.
+            let (xs, ys): (Vec<usize>, Vec<usize>) =
+                touched.iter().map(|&i| (i % size, i / size)).unzip();
+            let width = xs.iter().max().unwrap() - xs.iter().min().unwrap() + 1;
+            let height = ys.iter().max().unwrap() - ys.iter().min().unwrap() + 1;
+            assert_eq!(
+                width * height,
+                touched.len(),
+                "trial {trial}: not a rectangle"
+            );
+            for plane in example.chunks_exact(size * size) {
+                assert_eq!(plane.iter().filter(|v| !v.is_nan()).count(), touched.len());
+            }
+            let fraction = touched.len() as f64 / (size * size) as f64;
+            assert!((0.01..0.4).contains(&fraction), "trial {trial}: {fraction}");
+            areas.push(fraction);
+        }
+        // Erased a quarter of the time (±5 standard errors), noise of mean 0 and std 1.
+        let rate = erased as f64 / trials as f64;
+        let standard_error = (0.25 * 0.75 / trials as f64).sqrt();
+        assert!((rate - 0.25).abs() < 5.0 * standard_error, "rate {rate}");
+        let mean_area = areas.iter().sum::<f64>() / areas.len() as f64;
+        assert!((0.12..0.22).contains(&mean_area), "mean area {mean_area}");
+        let mut example = vec![f32::NAN; 3 * size * size];
+        let mut noise = Vec::new();
+        for trial in 0..200 {
+            example.fill(f32::NAN);
+            random_erase(&mut example, size, 1.0, &mut example_rng(9, 9, trial));
+            noise.extend(
+                example
+                    .iter()
+                    .filter(|v| !v.is_nan())
+                    .map(|&v| f64::from(v)),
+            );
+        }
+        let mean = noise.iter().sum::<f64>() / noise.len() as f64;
+        let var = noise.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / noise.len() as f64;
+        assert!(
+            mean.abs() < 0.02 && (var - 1.0).abs() < 0.03,
+            "{mean} {var}"
+        );
     }
 }

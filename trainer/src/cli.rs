@@ -7,7 +7,7 @@ use vit::preprocess::Normalization;
 
 use crate::augment;
 use crate::optimizer::Kind;
-use crate::recipe::{Recipe, RepresentationSize, RunOptions, Runtime};
+use crate::recipe::{Preset, Recipe, RepresentationSize, RunOptions, Runtime};
 use crate::schedule::Decay;
 
 /// Fine-tune Vision Transformers (ViT) and run them, with the numerics of Google's
@@ -118,6 +118,30 @@ pub struct CheckpointArgs {
     /// Attention heads, needed for timm files (they do not record it): e.g. 12 for ViT-B.
     #[arg(long, value_name = "N")]
     pub num_heads: Option<usize>,
+    /// TrivialAugment (torchvision's TrivialAugmentWide): one of 14 operations (shear,
+    /// translate, rotate, brightness, colour, contrast, sharpness, posterize, solarize,
+    /// autocontrast, equalize, identity) at a random strength on every training image,
+    /// before the crop. `--trivial-augment false` turns off a preset's.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", default_value_t = false, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub trivial_augment: bool,
+    /// timm's random erasing: with this probability, a random rectangle (2% to 1/3 of the
+    /// image) of every training example becomes noise (0.25 is usual).
+    #[arg(long, default_value_t = 0.0, value_name = "P")]
+    pub random_erasing: f64,
+    /// Mixup as timm's: blend each micro-batch with itself reversed by λ ~ Beta(A, A),
+    /// and the labels likewise (0.8 is usual; 0 is off).
+    #[arg(long, default_value_t = 0.0, value_name = "A")]
+    pub mixup: f64,
+    /// CutMix as timm's: paste a box of the reversed micro-batch, of area 1 − λ with
+    /// λ ~ Beta(A, A) (1.0 is usual; 0 is off). With --mixup, each batch takes one.
+    #[arg(long, default_value_t = 0.0, value_name = "A")]
+    pub cutmix: f64,
+    /// The probability that a micro-batch is mixed at all (with --mixup or --cutmix).
+    #[arg(long, default_value_t = 1.0, value_name = "P")]
+    pub mixup_prob: f64,
+    /// With both --mixup and --cutmix: the probability of CutMix for a batch.
+    #[arg(long, default_value_t = 0.5, value_name = "P")]
+    pub mixup_switch_prob: f64,
     #[command(flatten)]
     pub normalization: NormalizationArgs,
 }
@@ -239,6 +263,8 @@ pub struct BenchArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct TrainArgs {
+    #[arg(long, value_enum, long_help = Preset::help())]
+    pub preset: Option<Preset>,
     /// Total training steps (updates).
     #[arg(long, default_value_t = 10_000)]
     pub steps: usize,
@@ -318,6 +344,30 @@ pub struct TrainArgs {
     /// CIFAR from scratch). Replaces the reference's area crop; the flip stays.
     #[arg(long, value_name = "N")]
     pub pad_crop: Option<usize>,
+    /// TrivialAugment (torchvision's TrivialAugmentWide): one of 14 operations (shear,
+    /// translate, rotate, brightness, colour, contrast, sharpness, posterize, solarize,
+    /// autocontrast, equalize, identity) at a random strength on every training image,
+    /// before the crop. `--trivial-augment false` turns off a preset's.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", default_value_t = false, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub trivial_augment: bool,
+    /// timm's random erasing: with this probability, a random rectangle (2% to 1/3 of the
+    /// image) of every training example becomes noise (0.25 is usual).
+    #[arg(long, default_value_t = 0.0, value_name = "P")]
+    pub random_erasing: f64,
+    /// Mixup as timm's: blend each micro-batch with itself reversed by λ ~ Beta(A, A),
+    /// and the labels likewise (0.8 is usual; 0 is off).
+    #[arg(long, default_value_t = 0.0, value_name = "A")]
+    pub mixup: f64,
+    /// CutMix as timm's: paste a box of the reversed micro-batch, of area 1 − λ with
+    /// λ ~ Beta(A, A) (1.0 is usual; 0 is off). With --mixup, each batch takes one.
+    #[arg(long, default_value_t = 0.0, value_name = "A")]
+    pub cutmix: f64,
+    /// The probability that a micro-batch is mixed at all (with --mixup or --cutmix).
+    #[arg(long, default_value_t = 1.0, value_name = "P")]
+    pub mixup_prob: f64,
+    /// With both --mixup and --cutmix: the probability of CutMix for a batch.
+    #[arg(long, default_value_t = 0.5, value_name = "P")]
+    pub mixup_switch_prob: f64,
     #[command(flatten)]
     pub normalization: NormalizationArgs,
     /// Dropout rate (default: the model's; 0 for B/16).
@@ -368,8 +418,18 @@ pub struct TrainArgs {
 }
 
 impl TrainArgs {
-    /// The recipe and runtime options these arguments describe.
-    pub fn options(&self) -> RunOptions {
+    /// The recipe and runtime options these arguments describe, with the `--preset`'s
+    /// settings for the options not in `explicit` (those given on the command line).
+    pub fn options(&self, explicit: &[String]) -> anyhow::Result<RunOptions> {
+        let options = self.plain_options();
+        match self.preset {
+            Some(preset) => preset.apply(options, explicit),
+            None => Ok(options),
+        }
+    }
+
+    /// The options as given, without a preset.
+    fn plain_options(&self) -> RunOptions {
         RunOptions {
             recipe: Recipe {
                 steps: self.steps,
@@ -396,6 +456,12 @@ impl TrainArgs {
                 resolution: self.resolution,
                 min_crop_area: self.min_crop_area,
                 pad_crop: self.pad_crop,
+                trivial_augment: self.trivial_augment,
+                random_erasing: self.random_erasing,
+                mixup: self.mixup,
+                cutmix: self.cutmix,
+                mixup_prob: self.mixup_prob,
+                mixup_switch_prob: self.mixup_switch_prob,
                 image_mean: self.normalization.image_mean,
                 image_std: self.normalization.image_std,
                 dropout: self.dropout,
@@ -424,7 +490,7 @@ pub(crate) mod tests {
     /// The run options of `trainer OPTIONS...`.
     pub(crate) fn options(options: &[&str]) -> RunOptions {
         let command_line = std::iter::once("trainer").chain(options.iter().copied());
-        Cli::parse_from(command_line).train.options()
+        Cli::parse_from(command_line).train.plain_options()
     }
 
     #[test]
@@ -457,5 +523,30 @@ pub(crate) mod tests {
         assert_eq!(options.recipe.micro_batch(), 3);
         assert_eq!(options.runtime.workdir, PathBuf::from("w"));
         assert_eq!(options.runtime.threads, Some(3));
+    }
+
+    #[test]
+    fn augmentation_flags_reach_the_recipe() {
+        let plain = options(&[]);
+        assert!(!plain.recipe.trivial_augment);
+        assert!(!plain.recipe.mixing().enabled());
+        let given = options(&[
+            "--trivial-augment",
+            "--random-erasing",
+            "0.25",
+            "--mixup",
+            "0.8",
+            "--cutmix",
+            "1",
+            "--mixup-prob",
+            "0.5",
+        ]);
+        assert!(given.recipe.trivial_augment);
+        assert_eq!(given.recipe.augmentation().random_erasing, 0.25);
+        let mixing = given.recipe.mixing();
+        assert_eq!((mixing.mixup, mixing.cutmix, mixing.prob), (0.8, 1.0, 0.5));
+        // A preset's TrivialAugment can be turned off.
+        let off = options(&["--trivial-augment", "false"]);
+        assert!(!off.recipe.trivial_augment);
     }
 }

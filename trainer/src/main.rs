@@ -12,6 +12,7 @@ mod eval;
 mod export;
 mod info;
 mod metrics;
+mod mixing;
 mod optimizer;
 mod output;
 mod parameters;
@@ -23,6 +24,7 @@ mod progress;
 mod recipe;
 mod schedule;
 mod train;
+mod trivial_augment;
 
 use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory, FromArgMatches};

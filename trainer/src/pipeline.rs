@@ -9,14 +9,18 @@ use rand::RngExt;
 
 use vit::preprocess::Normalization;
 
-use crate::augment::{self, Cropping, Positions};
+use crate::augment::{self, Augmentation, Positions};
 use crate::data::Dataset;
+use crate::mixing::Mixing;
 
 /// One micro-batch, ready for the device: `[len, 3, size, size]` pixels.
 pub struct MicroBatch {
     pub step: usize,
     pub pixels: Vec<f32>,
     pub targets: Vec<usize>,
+    /// The weight of each example's own label; the rest goes to the label of the
+    /// example at the mirrored position (mixup, CutMix). 1 when not mixed.
+    pub lambda: f64,
 }
 
 /// How updates are cut out of the shuffled stream of training examples.
@@ -29,11 +33,17 @@ pub struct Plan {
     pub seed: u64,
     /// Image side in pixels.
     pub size: usize,
-    /// How training examples are cropped.
-    pub cropping: Cropping,
+    /// What happens to each training example.
+    pub augmentation: Augmentation,
+    /// Mixup and CutMix of each micro-batch.
+    pub mixing: Mixing,
     /// The model's input normalisation.
     pub normalization: Normalization,
 }
+
+/// The random stream of micro-batch `part`'s mixing is `example_rng(seed, step,
+/// MIXING_STREAM + part)`: no example position comes near it.
+const MIXING_STREAM: u64 = 1 << 63;
 
 /// How many micro-batches the worker prepares ahead of the one in use.
 const AHEAD: usize = 2;
@@ -69,19 +79,25 @@ fn produce(data: &Dataset, plan: Plan, steps: Range<usize>, sender: &SyncSender<
                 step: step as u64,
                 first: part * plan.micro_batch,
             };
-            let pixels = augment::train_batch(
+            let mut pixels = augment::train_batch(
                 &data.images,
                 micro,
                 plan.size,
-                plan.cropping,
+                plan.augmentation,
                 &plan.normalization,
                 positions,
+            );
+            let lambda = plan.mixing.apply(
+                &mut pixels,
+                plan.size,
+                &mut augment::example_rng(plan.seed, step as u64, MIXING_STREAM + part as u64),
             );
             let targets = micro.iter().map(|&i| data.labels[i]).collect();
             let batch = MicroBatch {
                 step,
                 pixels,
                 targets,
+                lambda,
             };
             if sender.send(batch).is_err() {
                 return;
@@ -159,7 +175,10 @@ mod tests {
         with_batches(data, plan, steps, |batches| {
             batches
                 .iter()
-                .map(|batch| (batch.step, batch.pixels, batch.targets))
+                .map(|batch| {
+                    assert_eq!(batch.lambda, 1.0);
+                    (batch.step, batch.pixels, batch.targets)
+                })
                 .collect()
         })
     }
@@ -172,9 +191,8 @@ mod tests {
             micro_batch: 2,
             seed: 9,
             size: 4,
-            cropping: Cropping::Area {
-                min_area: augment::MIN_CROP_AREA,
-            },
+            augmentation: Augmentation::area(augment::MIN_CROP_AREA),
+            mixing: Mixing::NONE,
             normalization: Normalization::REFERENCE,
         };
         let whole = collect(&data, plan, 0..5);
@@ -209,14 +227,43 @@ mod tests {
             micro_batch: 1,
             seed: 0,
             size: 4,
-            cropping: Cropping::Area {
-                min_area: augment::MIN_CROP_AREA,
-            },
+            augmentation: Augmentation::area(augment::MIN_CROP_AREA),
+            mixing: Mixing::NONE,
             normalization: Normalization::REFERENCE,
         };
         let first = with_batches(&data, plan, 0..1_000_000, |batches| {
             batches.recv().expect("one batch").targets
         });
         assert_eq!(first.len(), 1);
+    }
+
+    #[test]
+    fn mixed_batches_are_the_same_in_a_resumed_run() {
+        let data = tiny_data();
+        let plan = Plan {
+            batch: 4,
+            micro_batch: 2,
+            seed: 4,
+            size: 4,
+            augmentation: Augmentation::area(augment::MIN_CROP_AREA),
+            mixing: Mixing {
+                mixup: 1.0,
+                cutmix: 1.0,
+                prob: 1.0,
+                switch_prob: 0.5,
+            },
+            normalization: Normalization::REFERENCE,
+        };
+        let run = |steps: Range<usize>| {
+            with_batches(&data, plan, steps, |batches| {
+                batches
+                    .iter()
+                    .map(|batch| (batch.step, batch.pixels, batch.lambda))
+                    .collect::<Vec<_>>()
+            })
+        };
+        let whole = run(0..4);
+        assert!(whole.iter().any(|(_, _, lambda)| *lambda < 1.0));
+        assert_eq!(run(2..4), whole[4..]);
     }
 }

@@ -13,7 +13,8 @@ use serde::{Deserialize, Serialize};
 use vit::ViTConfig;
 use vit::preprocess::Normalization;
 
-use crate::augment::{self, Cropping};
+use crate::augment::{self, Augmentation, Cropping};
+use crate::mixing::Mixing;
 use crate::optimizer::{Kind, Rule};
 use crate::schedule::{Decay, Schedule};
 
@@ -67,6 +68,22 @@ pub struct Recipe {
     /// torchvision-style padded crops instead of the reference's area crops.
     #[serde(default)]
     pub pad_crop: Option<usize>,
+    /// A TrivialAugment operation on every training image.
+    #[serde(default)]
+    pub trivial_augment: bool,
+    /// The probability of random erasing.
+    #[serde(default)]
+    pub random_erasing: f64,
+    /// Mixup's and CutMix's Beta parameters, how often a batch is mixed, and how
+    /// often with CutMix when both are on.
+    #[serde(default)]
+    pub mixup: f64,
+    #[serde(default)]
+    pub cutmix: f64,
+    #[serde(default = "always")]
+    pub mixup_prob: f64,
+    #[serde(default = "half")]
+    pub mixup_switch_prob: f64,
     /// Replace the model's input normalisation (per channel, in [0, 1] units).
     #[serde(default)]
     pub image_mean: Option<[f32; 3]>,
@@ -84,6 +101,15 @@ pub struct Recipe {
 /// For runs saved before `--min-crop-area` existed.
 fn reference_min_crop_area() -> f32 {
     augment::MIN_CROP_AREA
+}
+
+// timm's Mixup defaults, for runs saved before these options existed.
+fn always() -> f64 {
+    1.0
+}
+
+fn half() -> f64 {
+    0.5
 }
 
 // PyTorch's AdamW defaults, for runs saved before these options existed.
@@ -247,16 +273,47 @@ impl Recipe {
             "--label-smoothing must be in [0, 1), not {}",
             self.label_smoothing
         );
+        for (name, alpha) in [("--mixup", self.mixup), ("--cutmix", self.cutmix)] {
+            ensure!(
+                (0.0..=1e6).contains(&alpha),
+                "{name} is a Beta parameter from 0 (off) to 1e6, not {alpha} (timm's usual: 0.8 for mixup, 1.0 for CutMix)"
+            );
+        }
+        for (name, probability) in [
+            ("--mixup-prob", self.mixup_prob),
+            ("--mixup-switch-prob", self.mixup_switch_prob),
+            ("--random-erasing", self.random_erasing),
+        ] {
+            ensure!(
+                (0.0..=1.0).contains(&probability),
+                "{name} is a probability from 0 to 1, not {probability}"
+            );
+        }
         Ok(())
     }
 
-    /// How training images are cropped.
-    pub fn cropping(&self) -> Cropping {
-        match self.pad_crop {
+    /// What happens to each training example.
+    pub fn augmentation(&self) -> Augmentation {
+        let cropping = match self.pad_crop {
             Some(padding) => Cropping::Padded { padding },
             None => Cropping::Area {
                 min_area: self.min_crop_area,
             },
+        };
+        Augmentation {
+            cropping,
+            trivial_augment: self.trivial_augment,
+            random_erasing: self.random_erasing,
+        }
+    }
+
+    /// Mixup and CutMix of each micro-batch.
+    pub fn mixing(&self) -> Mixing {
+        Mixing {
+            mixup: self.mixup,
+            cutmix: self.cutmix,
+            prob: self.mixup_prob,
+            switch_prob: self.mixup_switch_prob,
         }
     }
 
@@ -357,6 +414,90 @@ impl Runtime {
     }
 }
 
+/// `--preset`: named recipes. Each sets the options it lists; options given on the
+/// command line win.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Preset {
+    /// The browser demo's model: ViT-Lite-7/4 trained from scratch on CIFAR-10.
+    Cifar10Scratch,
+}
+
+impl Preset {
+    /// The options it sets, by name, as JSON values.
+    pub fn settings(self) -> Vec<(&'static str, serde_json::Value)> {
+        use serde_json::json;
+        match self {
+            // ViT-Lite-7/4 at 32 px (3.7 M parameters): 100 epochs of `cifar10`'s 49,000
+            // training images at batch 128 (38,300 updates), 5 of warm-up; AdamW with
+            // decoupled weight decay, label smoothing, padded crops and flips,
+            // TrivialAugment, random erasing, stochastic depth, and a moving average of the
+            // weights (no mixup or CutMix: they pay off only over longer schedules). A GPU
+            // trains it in minutes, two CPU cores in days; shorten it with --steps (and
+            // --warmup, --ema) for a first try.
+            Preset::Cifar10Scratch => vec![
+                ("pretrained", json!("none")),
+                ("model", json!("Lite-7/4")),
+                ("resolution", json!(32)),
+                ("batch", json!(128)),
+                ("accum_steps", json!(1)),
+                ("steps", json!(38_300)),
+                ("warmup", json!(1_915)),
+                ("optimizer", json!("adamw")),
+                ("lr", json!(0.0005)),
+                ("weight_decay", json!(0.05)),
+                ("label_smoothing", json!(0.1)),
+                ("pad_crop", json!(4)),
+                ("trivial_augment", json!(true)),
+                ("random_erasing", json!(0.25)),
+                ("drop_path", json!(0.1)),
+                ("ema", json!(0.9995)),
+                ("grad_clip", json!(1.0)),
+                ("eval_every", json!(1_915)),
+                ("checkpoint_every", json!(1_915)),
+            ],
+        }
+    }
+
+    /// `options` with this preset's settings, except those named in `explicit` (the
+    /// command-line options, which win).
+    pub fn apply(self, options: RunOptions, explicit: &[String]) -> Result<RunOptions> {
+        let mut json = serde_json::to_value(options)?;
+        for (name, value) in self.settings() {
+            if !explicit.iter().any(|given| given == name) {
+                json[name] = value;
+            }
+        }
+        Ok(serde_json::from_value(json)?)
+    }
+
+    /// What `--help` says of the presets: each with its settings.
+    pub fn help() -> String {
+        use clap::ValueEnum;
+        let mut text = String::from(
+            "A named recipe: it sets the options below, and options given on the command line \
+             win.",
+        );
+        for preset in Preset::value_variants() {
+            let name = preset
+                .to_possible_value()
+                .map_or_else(String::new, |value| value.get_name().to_string());
+            let settings: Vec<String> = preset
+                .settings()
+                .into_iter()
+                .map(|(option, value)| {
+                    let flag = format!("--{}", option.replace('_', "-"));
+                    match value {
+                        serde_json::Value::Bool(true) => flag,
+                        value => format!("{flag} {}", value.to_string().trim_matches('"')),
+                    }
+                })
+                .collect();
+            text.push_str(&format!("\n\n{name}: {}", settings.join(" ")));
+        }
+        text
+    }
+}
+
 impl RunOptions {
     /// The names of the runtime options (a resumed run may give them anew).
     pub fn runtime_names(&self) -> Vec<String> {
@@ -382,6 +523,47 @@ mod tests {
         assert_eq!(back, options);
         assert!(options.runtime_names().contains(&"eval_every".to_string()));
         assert!(!options.runtime_names().contains(&"accum_steps".to_string()));
+    }
+
+    #[test]
+    fn presets_set_their_options_unless_given() {
+        let options = crate::cli::tests::options(&[]);
+        let explicit = ["lr".to_string(), "steps".to_string()];
+        let given = RunOptions {
+            recipe: Recipe {
+                lr: 0.002,
+                steps: 10,
+                ..options.recipe.clone()
+            },
+            ..options.clone()
+        };
+        let applied = Preset::Cifar10Scratch
+            .apply(given, &explicit)
+            .expect("apply");
+        assert_eq!(applied.recipe.lr, 0.002);
+        assert_eq!(applied.recipe.steps, 10);
+        assert_eq!(applied.recipe.model.as_deref(), Some("Lite-7/4"));
+        assert_eq!(applied.recipe.pretrained, "none");
+        assert_eq!(applied.recipe.optimizer, Kind::Adamw);
+        assert_eq!(applied.recipe.pad_crop, Some(4));
+        assert_eq!(applied.recipe.ema, Some(0.9995));
+        assert_eq!(applied.runtime.eval_every, 1_915);
+        applied.recipe.validate().expect("a valid recipe");
+        // Every setting names a real option, and the help lists them all.
+        let help = Preset::help();
+        for (name, _) in Preset::Cifar10Scratch.settings() {
+            assert!(
+                serde_json::to_value(&applied)
+                    .expect("json")
+                    .get(name)
+                    .is_some(),
+                "{name}"
+            );
+            assert!(
+                help.contains(&format!("--{}", name.replace('_', "-"))),
+                "{name}"
+            );
+        }
     }
 
     #[test]

@@ -385,9 +385,17 @@ fn eval_agrees_with_predict_and_writes_the_confusion_matrix() {
 #[test]
 fn a_from_scratch_recipe_resumes_bit_for_bit() {
     let (dir, data) = tiny_data();
-    // AdamW, label smoothing, padded crops, stochastic depth and a moving average: all
-    // the randomness is a function of (seed, step), and every state is in the checkpoint.
+    // AdamW, label smoothing, padded crops, TrivialAugment, random erasing, mixup and
+    // CutMix, stochastic depth and a moving average: all the randomness is a function of
+    // (seed, step), and every state is in the checkpoint.
     let recipe = [
+        "--trivial-augment",
+        "--random-erasing",
+        "0.5",
+        "--mixup",
+        "0.8",
+        "--cutmix",
+        "1.0",
         "--ema",
         "0.5",
         "--pad-crop",
@@ -436,7 +444,7 @@ fn a_from_scratch_recipe_resumes_bit_for_bit() {
         serde_json::from_slice(&std::fs::read(whole.join("export/config.json")).unwrap()).unwrap();
     let description = config["vit_description"].as_str().unwrap();
     assert!(description.contains("EMA 0.5"), "{description}");
-    // Smoothing: a zero head's first loss is still ln(3), whatever the smoothing.
+    // A zero head's first loss is still ln(3), whatever the smoothing and mixing.
     let first = metrics(&whole)[0]["loss"].as_f64().unwrap();
     assert!((first - 3f64.ln()).abs() < 1e-5, "{first}");
 }

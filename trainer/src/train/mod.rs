@@ -44,7 +44,7 @@ pub fn run(args: &TrainArgs, explicit: &[String]) -> Result<Completion> {
     };
     let options = match &resumed {
         Some((_, state)) => state.args.clone(),
-        None => args.options(),
+        None => args.options(explicit)?,
     };
     let RunOptions { recipe, runtime } = &options;
     recipe.validate()?;
@@ -145,7 +145,7 @@ pub fn run(args: &TrainArgs, explicit: &[String]) -> Result<Completion> {
                 export_dir.display()
             )
         })?;
-    eprintln!("exported the fine-tuned model to {}", export_dir.display());
+    eprintln!("exported the trained model to {}", export_dir.display());
     Ok(Completion::Finished)
 }
 

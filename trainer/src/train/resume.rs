@@ -33,7 +33,12 @@ pub fn resume_point(args: &TrainArgs, explicit: &[String]) -> Result<(PathBuf, S
             workdir.display()
         );
     };
-    let given = args.options();
+    if args.preset.is_some() {
+        bail!(
+            "a resumed run keeps its recipe: drop --preset (the run's options are in its checkpoint)"
+        );
+    }
+    let given = args.options(explicit)?;
     let runtime = given.runtime_names();
     let now = serde_json::to_value(&given)?;
     let mut saved = serde_json::to_value(&state.args)?;

@@ -40,6 +40,22 @@ pub fn cross_entropy(logits: Tensor<2>, targets: &[usize], smoothing: f64) -> Te
     target_loss * (1.0 - smoothing) + uniform_loss * smoothing
 }
 
+/// [`cross_entropy`] of a mixed micro-batch: weight `lambda` on each example's own target
+/// and `1 − lambda` on its partner's, the example at the mirrored position (mixup, CutMix).
+pub fn mixed_cross_entropy(
+    logits: Tensor<2>,
+    targets: &[usize],
+    lambda: f64,
+    smoothing: f64,
+) -> Tensor<1> {
+    if lambda >= 1.0 {
+        return cross_entropy(logits, targets, smoothing);
+    }
+    let partners: Vec<usize> = targets.iter().rev().copied().collect();
+    cross_entropy(logits.clone(), targets, smoothing) * lambda
+        + cross_entropy(logits, &partners, smoothing) * (1.0 - lambda)
+}
+
 /// Where training starts: a fresh model, or a checkpoint's.
 pub struct Start {
     pub model: VisionTransformer,
@@ -104,7 +120,8 @@ impl Run<'_> {
             micro_batch: recipe.micro_batch(),
             seed: recipe.seed,
             size: model.config().image_size,
-            cropping: recipe.cropping(),
+            augmentation: recipe.augmentation(),
+            mixing: recipe.mixing(),
             normalization: model.config().normalization,
         };
         let steps = recipe.steps;
@@ -242,9 +259,10 @@ impl Run<'_> {
                 TensorData::new(batch.pixels, [batch.targets.len(), 3, size, size]),
                 &training_device,
             );
-            let part = cross_entropy(
+            let part = mixed_cross_entropy(
                 model.forward(images),
                 &batch.targets,
+                batch.lambda,
                 recipe.label_smoothing,
             ) / recipe.accum_steps as f64;
             loss += f64::from(part.clone().into_scalar::<f32>());
@@ -326,6 +344,32 @@ mod tests {
         assert!(
             (smoothed - expected).abs() < 1e-6,
             "{smoothed} vs {expected}"
+        );
+    }
+
+    #[test]
+    fn mixed_loss_is_timms_soft_target_cross_entropy() {
+        // timm: target = λ·smooth(one_hot(t)) + (1 − λ)·smooth(one_hot(flip(t))) with
+        // smooth(y) = y·(1 − s) + s/C, loss = mean over the batch of −Σ target·log p.
+        let device = Device::flex();
+        let values: Vec<f32> = (0..15).map(|i| ((i * 7 % 11) as f32 - 5.0) / 3.0).collect();
+        let logits = Tensor::<2>::from_data(TensorData::new(values.clone(), [3, 5]), &device);
+        let targets = [4, 0, 2];
+        let (lambda, smoothing) = (0.3, 0.1);
+        let got = mixed_cross_entropy(logits, &targets, lambda, smoothing).into_scalar::<f32>();
+        let mut expected = 0.0;
+        for (b, row) in values.chunks(5).enumerate() {
+            let log_sum = row.iter().map(|v| f64::from(*v).exp()).sum::<f64>().ln();
+            for (c, &v) in row.iter().enumerate() {
+                let smooth =
+                    |t: usize| (if t == c { 1.0 - smoothing } else { 0.0 }) + smoothing / 5.0;
+                let target = lambda * smooth(targets[b]) + (1.0 - lambda) * smooth(targets[2 - b]);
+                expected -= target * (f64::from(v) - log_sum) / 3.0;
+            }
+        }
+        assert!(
+            (f64::from(got) - expected).abs() < 1e-5,
+            "{got} vs {expected}"
         );
     }
 
