@@ -62,9 +62,11 @@ pub enum Command {
     ///
     /// Example: trainer info --workdir runs/latest
     Info(InfoArgs),
-    /// Time the forward pass of a model preset with random weights.
+    /// Time a model with random weights: its forward pass, or with --train a whole
+    /// training update (forward, loss, backward, clipping, SGD with momentum).
     ///
-    /// Example: trainer bench --model B/16 --image-size 224 --batch 1
+    /// Examples: trainer bench --model B/16 --image-size 224 --batch 1;
+    /// trainer bench --train --model B/16 --batch 16 --json
     Bench(BenchArgs),
 }
 
@@ -241,9 +243,20 @@ pub struct ExportArgs {
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// Model preset (Ti/16, S/16, B/16, B/32, B/8, L/16, L/32, H/14).
+    /// Model: a preset (Ti/16, S/16, B/16, B/32, B/8, L/16, L/32, H/14, Lite-7/4) or a
+    /// JSON config file.
     #[arg(long, default_value = "B/16")]
     pub model: String,
+    /// Time a training update instead of a forward pass.
+    #[arg(long)]
+    pub train: bool,
+    /// Print one JSON line: case, model, resolution, batch, device, precision, median_ms,
+    /// min_ms, runs, images_per_sec, peak_memory_bytes.
+    #[arg(long)]
+    pub json: bool,
+    /// Numeric precision (only fp32 so far).
+    #[arg(long, default_value = "fp32")]
+    pub precision: String,
     #[arg(long, default_value_t = 224, value_name = "N")]
     pub image_size: usize,
     #[arg(long, default_value_t = 1000)]
@@ -256,7 +269,8 @@ pub struct BenchArgs {
     /// Untimed runs first.
     #[arg(long, default_value_t = 2)]
     pub warmup: usize,
-    /// Compute device: `cpu` (burn-flex), or `ndarray` when built with that feature.
+    /// Compute device: `cpu` (burn-flex); `tch`, `tch:cpu`, `tch:cuda:N` with the Cargo
+    /// feature `tch`; `ndarray` with the feature `ndarray`.
     #[arg(long, default_value = "cpu")]
     pub device: String,
 }

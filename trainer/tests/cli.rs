@@ -310,3 +310,55 @@ fn errors_are_one_clear_line_and_a_failing_exit_code() {
         assert!(stderr.contains(mentions), "{stderr}");
     }
 }
+
+#[test]
+fn bench_times_training_updates_and_prints_one_json_line_per_case() {
+    let config = fixture("hf_vit_cls/config.json");
+    for (case, extra) in [("train", &["--train"][..]), ("infer", &[][..])] {
+        let mut args = vec![
+            "bench",
+            "--json",
+            "--model",
+            config.to_str().unwrap(),
+            "--image-size",
+            "16",
+            "--num-classes",
+            "3",
+            "--batch",
+            "4",
+            "--iterations",
+            "3",
+            "--warmup",
+            "1",
+        ];
+        args.extend_from_slice(extra);
+        let out = trainer(&args);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let stdout = text(&out.stdout);
+        let line: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON line");
+        assert_eq!(line["case"], case);
+        assert_eq!(line["batch"], 4);
+        assert_eq!(line["resolution"], 16);
+        assert_eq!(line["precision"], "fp32");
+        assert_eq!(line["runs"], 3);
+        let median = line["median_ms"].as_f64().expect("median_ms");
+        let rate = line["images_per_sec"].as_f64().expect("images_per_sec");
+        assert!(
+            median > 0.0 && (rate - 4e3 / median).abs() < 1e-6 * rate,
+            "{line}"
+        );
+        assert!(
+            line["peak_memory_bytes"]
+                .as_u64()
+                .expect("Linux reports it")
+                > 1_000_000
+        );
+    }
+    let out = trainer(&["bench", "--precision", "bf16"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("only fp32"),
+        "{}",
+        text(&out.stderr)
+    );
+}

@@ -22,6 +22,7 @@ use crate::metrics::Metrics;
 use crate::optimizer::Optimizer;
 use crate::recipe::{Recipe, RunOptions, Runtime};
 use crate::{checkpoint, device};
+pub use steps::cross_entropy;
 use steps::{Run, Start};
 
 /// How a training run ended.

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Ours against PyTorch on this machine's CPU, in one run, case by case: `trainer bench`
+# (burn-flex) and tests/bench/torch_bench.py (timm's VisionTransformer, same architecture,
+# same update, same timing), each printing a JSON line; then a table with the ratios
+# (above 1: we are faster).
+#
+#   tests/bench/cpu.sh            # the cases below; PYTHON (default tests/fixtures/.venv/bin/python,
+#                                 # made by tests/fixtures/generate.py) must have torch and timm
+# Cases: training of ViT-B/16 at 224 px batch 16 and of the demo model (web/model's config,
+# 32 px) batch 128; forward of B/16 at 224 px batch 1. ITERATIONS (default 3) timed runs after
+# one untimed.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+python=${PYTHON:-tests/fixtures/.venv/bin/python}
+iterations=${ITERATIONS:-3}
+"$python" -c 'import timm, torch' 2>/dev/null ||
+  { echo "error: $python lacks torch or timm; run python3 tests/fixtures/generate.py (or set PYTHON)" >&2; exit 1; }
+cargo build --release -q -p trainer
+work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
+# The shipped model's architecture, from its config.json.
+"$python" -c 'import json, sys; c = json.load(open("web/model/config.json")); print(json.dumps(c.get("vit_config", c)))' > "$work/demo.json"
+
+cases=(
+  "train B/16 224 16 1000"
+  "train $work/demo.json 32 128 10"
+  "infer B/16 224 1 1000"
+)
+results=$work/results.jsonl
+for spec in "${cases[@]}"; do
+  read -r case model size batch classes <<<"$spec"
+  flag=(); [ "$case" = train ] && flag=(--train)
+  ./target/release/trainer bench "${flag[@]}" --json --model "$model" --image-size "$size" \
+    --batch "$batch" --num-classes "$classes" --iterations "$iterations" --warmup 1 | tee -a "$results"
+  "$python" tests/bench/torch_bench.py "$case" "$model" "$size" "$batch" "$iterations" 1 "$classes" | tee -a "$results"
+done
+"$python" - "$results" <<'PY'
+import json, sys
+lines = [json.loads(line) for line in open(sys.argv[1])]
+print(f"\n{'case':<6} {'model':<10} {'px':>4} {'batch':>5} {'ours img/s':>11} {'torch img/s':>12} {'ratio':>6} {'ours MB':>8} {'torch MB':>9}")
+for ours, torch in zip(lines[::2], lines[1::2]):
+    model = "demo" if ours["model"].endswith(".json") else ours["model"]
+    print(f"{ours['case']:<6} {model:<10} {ours['resolution']:>4} {ours['batch']:>5} "
+          f"{ours['images_per_sec']:>11.2f} {torch['images_per_sec']:>12.2f} "
+          f"{ours['images_per_sec'] / torch['images_per_sec']:>5.2f}x "
+          f"{ours['peak_memory_bytes'] / 1e6:>8.0f} {torch['peak_memory_bytes'] / 1e6:>9.0f}")
+print(f"({lines[1]['device']}; ours: burn-flex; peak memory: the process's resident high-water mark)")
+PY
