@@ -33,15 +33,4 @@ for spec in "${cases[@]}"; do
     --batch "$batch" --num-classes "$classes" --iterations "$iterations" --warmup 1 | tee -a "$results"
   "$python" tests/bench/torch_bench.py "$case" "$model" "$size" "$batch" "$iterations" 1 "$classes" | tee -a "$results"
 done
-"$python" - "$results" <<'PY'
-import json, sys
-lines = [json.loads(line) for line in open(sys.argv[1])]
-print(f"\n{'case':<6} {'model':<10} {'px':>4} {'batch':>5} {'ours img/s':>11} {'torch img/s':>12} {'ratio':>6} {'ours MB':>8} {'torch MB':>9}")
-for ours, torch in zip(lines[::2], lines[1::2]):
-    model = "demo" if ours["model"].endswith(".json") else ours["model"]
-    print(f"{ours['case']:<6} {model:<10} {ours['resolution']:>4} {ours['batch']:>5} "
-          f"{ours['images_per_sec']:>11.2f} {torch['images_per_sec']:>12.2f} "
-          f"{ours['images_per_sec'] / torch['images_per_sec']:>5.2f}x "
-          f"{ours['peak_memory_bytes'] / 1e6:>8.0f} {torch['peak_memory_bytes'] / 1e6:>9.0f}")
-print(f"({lines[1]['device']}; ours: burn-flex; peak memory: the process's resident high-water mark)")
-PY
+"$python" tests/bench/table.py "$results"

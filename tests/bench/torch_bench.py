@@ -7,7 +7,10 @@ MODEL is one of our presets (Ti/16 ... H/14, Lite-7/4) or one of our JSON config
 model is timm's VisionTransformer with that architecture (tanh GELU where the config says so).
 `train` times forward, cross-entropy, backward, clipping at global norm 1 and an SGD update
 with momentum 0.9, as `trainer bench --train`; `infer` a forward pass in inference mode.
-Threads: all cores, or THREADS.
+Threads: all cores, or THREADS. DEVICE=cuda runs on the GPU (synchronised before each clock
+reading; peak memory is then `torch.cuda.max_memory_allocated`), and PRECISION=bf16 runs the
+forward pass and loss under bfloat16 autocast (float32 weights and optimizer), as PyTorch users
+train with mixed precision; scaled_dot_product_attention is timm's default (fused attention).
 """
 import functools
 import json
@@ -46,39 +49,54 @@ def main() -> None:
     resolution, batch, iterations, warmup = map(int, sys.argv[3:7])
     classes = int(sys.argv[7]) if len(sys.argv) > 7 else 1000
     torch.set_num_threads(int(os.environ.get("THREADS", os.cpu_count())))
+    device = os.environ.get("DEVICE", "cpu")
+    precision = os.environ.get("PRECISION", "fp32")
+    autocast = torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=precision == "bf16")
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     torch.manual_seed(0)
-    model = build(name, resolution, classes)
-    x = torch.rand(batch, 3, resolution, resolution) * 2 - 1
-    y = torch.arange(batch) % classes
+    model = build(name, resolution, classes).to(device)
+    x = torch.rand(batch, 3, resolution, resolution, device=device) * 2 - 1
+    y = torch.arange(batch, device=device) % classes
     if case == "train":
         model.train()
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
 
         def work():
             opt.zero_grad(set_to_none=True)
-            torch.nn.functional.cross_entropy(model(x), y).backward()
+            with autocast:
+                loss = torch.nn.functional.cross_entropy(model(x), y)
+            loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
     else:
         model.eval()
 
         def work():
-            with torch.inference_mode():
+            with torch.inference_mode(), autocast:
                 model(x)
     for _ in range(warmup):
         work()
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
     times = []
     for _ in range(iterations):
+        sync()
         start = time.perf_counter()
         work()
+        sync()
         times.append((time.perf_counter() - start) * 1e3)
     times.sort()
     median = times[len(times) // 2]
+    if device == "cuda":
+        where = f"torch {torch.__version__} {torch.cuda.get_device_name()}"
+        peak = torch.cuda.max_memory_allocated()
+    else:
+        where = f"torch {torch.__version__} cpu ({torch.get_num_threads()} threads)"
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     print(json.dumps({"case": case, "model": name, "resolution": resolution, "batch": batch,
-                      "device": f"torch {torch.__version__} cpu ({torch.get_num_threads()} threads)",
-                      "precision": "fp32", "median_ms": median, "min_ms": times[0], "runs": len(times),
-                      "images_per_sec": batch * 1e3 / median,
-                      "peak_memory_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+                      "device": where, "precision": precision, "median_ms": median, "min_ms": times[0],
+                      "runs": len(times), "images_per_sec": batch * 1e3 / median,
+                      "peak_memory_bytes": peak}))
 
 
 if __name__ == "__main__":
