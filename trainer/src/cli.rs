@@ -126,8 +126,8 @@ pub struct CheckpointArgs {
     /// before the crop. `--trivial-augment false` turns off a preset's.
     #[arg(long, num_args = 0..=1, default_missing_value = "true", default_value_t = false, action = clap::ArgAction::Set, value_name = "BOOL")]
     pub trivial_augment: bool,
-    /// timm's random erasing: with this probability, a random rectangle (2% to 1/3 of the
-    /// image) of every training example becomes noise (0.25 is usual).
+    /// timm's random erasing: each training example, with this probability, gets a random
+    /// rectangle (2% to 1/3 of the image) replaced by noise (0.25 is usual).
     #[arg(long, default_value_t = 0.0, value_name = "P")]
     pub random_erasing: f64,
     /// Mixup as timm's: blend each micro-batch with itself reversed by λ ~ Beta(A, A),
@@ -364,8 +364,8 @@ pub struct TrainArgs {
     /// before the crop. `--trivial-augment false` turns off a preset's.
     #[arg(long, num_args = 0..=1, default_missing_value = "true", default_value_t = false, action = clap::ArgAction::Set, value_name = "BOOL")]
     pub trivial_augment: bool,
-    /// timm's random erasing: with this probability, a random rectangle (2% to 1/3 of the
-    /// image) of every training example becomes noise (0.25 is usual).
+    /// timm's random erasing: each training example, with this probability, gets a random
+    /// rectangle (2% to 1/3 of the image) replaced by noise (0.25 is usual).
     #[arg(long, default_value_t = 0.0, value_name = "P")]
     pub random_erasing: f64,
     /// Mixup as timm's: blend each micro-batch with itself reversed by λ ~ Beta(A, A),
