@@ -10,7 +10,11 @@
 # 1. A short timing run measures images/s. 2. The preset's 100 epochs are cut to what fits
 #    MINUTES of training (default 8), keeping its 5% warm-up and an EMA horizon of a tenth
 #    of the run. 3. The run (metrics.jsonl, curves.svg, export/), `trainer eval` (per-class
-#    accuracy, confusion.svg) and an f16 export, all under $OUT.
+#    accuracy, confusion.svg) and an f16 export, all under $OUT. 4. The figures of the model
+#    card (models/cifar10-demo/card.json): the f16 export's accuracy on the test set and on
+#    the committed sample. Shipping: model-f16/ to web/model/, card.json, eval-f16/eval.json,
+#    confusion.svg, metrics.jsonl and curves.svg to models/cifar10-demo/, then its README.
+# Run from the repository root.
 # DEVICE (default tch:cuda:0) and TIMING_STEPS (default 100) exist to try it on a CPU.
 set -euo pipefail
 trainer=$1; data=$2; minutes=${3:-8}
@@ -46,5 +50,22 @@ echo "training took $(( $(date +%s) - start )) s"
 echo "== evaluation and the f16 export"
 "$trainer" eval --checkpoint "$out/run/export" --dataset "$data" --device "$device" --out "$out/eval"
 "$trainer" export --checkpoint "$out/run/export" --out "$out/model-f16" --f16
+
+echo "== the model card's figures: the f16 export on the test set and on the committed sample"
+sample=$(mktemp -d)
+cp -r tests/data/cifar10-sample/test "$sample/test"; cp -r tests/data/cifar10-sample/test "$sample/train"
+"$trainer" eval --checkpoint "$out/model-f16" --dataset "$data" --device "$device" --out "$out/eval-f16" | head -1
+"$trainer" eval --checkpoint "$out/model-f16" --dataset "$sample" --device "$device" --out "$out/eval-sample" | head -1
+python3 - "$out" <<'PY'
+import json, sys
+out = sys.argv[1]
+test = json.load(open(f"{out}/eval-f16/eval.json")); sample = json.load(open(f"{out}/eval-sample/eval.json"))
+card = {"model": "web/model", "test_accuracy": test["accuracy"], "test_images": test["images"],
+        "sample": "tests/data/cifar10-sample/test", "sample_accuracy": sample["accuracy"],
+        "sample_images": sample["images"]}
+open(f"{out}/card.json", "w").write(json.dumps(card, indent=2) + "\n")
+print(card)
+PY
+cp "$out/run/metrics.jsonl" "$out/run/curves.svg" "$out/eval-f16/confusion.svg" "$out/"
 rm -rf "$out/timing" "$out/run/checkpoint"
 ls -la "$out" "$out/model-f16"
