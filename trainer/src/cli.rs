@@ -74,7 +74,8 @@ pub enum Command {
 pub struct EvalArgs {
     #[command(flatten)]
     pub checkpoint: CheckpointArgs,
-    /// `cifar10`, `cifar100`, or an image folder / .tar.gz (its test split is used).
+    /// `cifar10`, `cifar100`, or an image folder / .tar.gz: its `test/<class>/` split, or
+    /// without one every image of its `<class>/` folders.
     #[arg(long, default_value = "cifar10")]
     pub dataset: String,
     /// Where downloads are cached (default: the user's cache folder).

@@ -137,7 +137,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         strict: false,
         val_split: args.val_split,
     };
-    let test = source.load().context("cannot load the data set")?.test;
+    let test = source.load_test().context("cannot load the data set")?;
     if test.images.is_empty() {
         bail!("the data set {} has no test images", args.dataset);
     }

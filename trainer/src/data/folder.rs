@@ -89,23 +89,7 @@ pub fn load_image_folder(
             "the validation split must be a fraction between 0 and 1 (exclusive), got {f}"
         )));
     }
-    let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => DataError::NotFound {
-            path: path.to_path_buf(),
-            hint: "pass a folder of images or a .tar.gz of one".to_owned(),
-        },
-        _ => DataError::io("read", path, e),
-    })?;
-    let listing = if meta.is_dir() {
-        list_dir(path)?
-    } else if let Some(kind) = archive_kind(path) {
-        list_archive(path, kind)?
-    } else {
-        return Err(DataError::layout(
-            path,
-            "not a folder or a .tar.gz/.tgz/.tar archive; pass a folder laid out as ROOT/train/<class>/ and ROOT/test/<class>/, or an archive of one",
-        ));
-    };
+    let listing = list(path)?;
     let (mut train_plan, mut test_plan) = plan_splits(path, listing, options.val_split)?;
     let mut report = LoadReport::default();
     report.skipped.append(&mut train_plan.skipped_outside);
@@ -113,6 +97,86 @@ pub fn load_image_folder(
     let train = decode_split(path, train_plan, options.strict, &mut report)?;
     let test = decode_split(path, test_plan, options.strict, &mut report)?;
     Ok((Splits { train, test }, report))
+}
+
+/// Loads only the images to evaluate on, for `trainer eval`: `ROOT/test/<class>/` when
+/// there is a `test` folder (a training split beside it is neither read nor decoded), else
+/// the whole `ROOT/<class>/` tree. A single wrapping folder is stripped, as for training.
+pub fn load_test_folder(path: &Path, strict: bool) -> Result<(Dataset, LoadReport), DataError> {
+    let mut listing = list(path)?;
+    if listing.images.is_empty() {
+        return Err(DataError::layout(
+            path,
+            "no images found (.jpg, .jpeg, .png or .webp); expected ROOT/test/<class>/ or ROOT/<class>/ folders of images",
+        ));
+    }
+    strip_wrapper(&mut listing, 2);
+    let (tree, prefix) = if listing.dirs.contains(&vec!["test".to_owned()]) {
+        (take_subtree(listing, "test").0, "test/")
+    } else {
+        (listing, "")
+    };
+    let mut plan = group_by_class(path, tree, "test", prefix)?;
+    let mut report = LoadReport::default();
+    report.skipped.append(&mut plan.skipped_outside);
+    let test = decode_split(path, plan, strict, &mut report)?;
+    Ok((test, report))
+}
+
+/// Every image of a folder or archive, not yet read.
+fn list(path: &Path) -> Result<Listing, DataError> {
+    let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => DataError::NotFound {
+            path: path.to_path_buf(),
+            hint: "pass a folder of images or a .tar.gz of one".to_owned(),
+        },
+        _ => DataError::io("read", path, e),
+    })?;
+    if meta.is_dir() {
+        list_dir(path)
+    } else if let Some(kind) = archive_kind(path) {
+        list_archive(path, kind)
+    } else {
+        Err(DataError::layout(
+            path,
+            "not a folder or a .tar.gz/.tgz/.tar archive; pass a folder laid out as ROOT/train/<class>/ and ROOT/test/<class>/, or an archive of one",
+        ))
+    }
+}
+
+/// Strips a single wrapping folder (`cifar10/train/...`): when every image is under one
+/// top-level folder that is not `train` or `test`, and some lie deeper than
+/// `depth_needed` components.
+fn strip_wrapper(listing: &mut Listing, depth_needed: usize) {
+    let first: BTreeSet<&str> = listing
+        .images
+        .iter()
+        .map(|m| m.components[0].as_str())
+        .collect();
+    let has_split_dirs = first.contains("train") || first.contains("test");
+    let Some(&only) = first.iter().next() else {
+        return;
+    };
+    if first.len() != 1
+        || has_split_dirs
+        || !listing
+            .images
+            .iter()
+            .any(|m| m.components.len() > depth_needed)
+    {
+        return;
+    }
+    let only = only.to_owned();
+    for m in &mut listing.images {
+        if m.components.first() == Some(&only) {
+            m.components.remove(0);
+        }
+    }
+    listing.dirs = std::mem::take(&mut listing.dirs)
+        .into_iter()
+        .filter(|d| d.len() > 1 && d[0] == only)
+        .map(|d| d[1..].to_vec())
+        .collect();
 }
 
 /// One split's files grouped by class, in load order.
@@ -140,38 +204,7 @@ fn plan_splits(
         ));
     }
     // Strip a single wrapping folder (`cifar10/train/...`).
-    let depth_needed = if val_split.is_some() { 2 } else { 3 };
-    let first: BTreeSet<&str> = listing
-        .images
-        .iter()
-        .map(|m| m.components[0].as_str())
-        .collect();
-    let has_split_dirs = first.contains("train") || first.contains("test");
-    if let Some(&only) = first.iter().next()
-        && first.len() == 1
-        && !has_split_dirs
-        && listing
-            .images
-            .iter()
-            .any(|m| m.components.len() > depth_needed)
-    {
-        let only = only.to_owned();
-        let strip = |c: &mut Vec<String>| {
-            if c.first() == Some(&only) {
-                c.remove(0);
-            }
-        };
-        listing
-            .images
-            .iter_mut()
-            .for_each(|m| strip(&mut m.components));
-        listing.dirs = listing
-            .dirs
-            .into_iter()
-            .filter(|d| d.len() > 1 && d[0] == only)
-            .map(|d| d[1..].to_vec())
-            .collect();
-    }
+    strip_wrapper(&mut listing, if val_split.is_some() { 2 } else { 3 });
 
     let has = |split: &str| listing.dirs.contains(&vec![split.to_owned()]);
     match val_split {
@@ -572,6 +605,34 @@ mod tests {
         assert_eq!(values(&splits.test), [30, 40]);
         assert_eq!(splits.test.labels, [0, 1]);
         assert!(report.skipped.is_empty(), "{report:?}");
+    }
+
+    #[test]
+    fn evaluation_reads_the_test_split_or_a_plain_class_tree_only() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let full = dir.path().join("full");
+        standard_tree(&full);
+        // A broken training image would fail a strict load of both splits: the test
+        // split alone never touches it.
+        write(&full, "train/cat/broken.jpg", b"\xff\xd8\xff garbage");
+        let (test, report) = load_test_folder(&full, true).expect("test split");
+        assert_eq!(test.classes, ["cat", "dog"]);
+        assert_eq!(values(&test), [30, 40]);
+        assert!(report.skipped.is_empty(), "{report:?}");
+        // A plain ROOT/<class>/ tree, also inside a wrapping folder.
+        let plain = dir.path().join("plain");
+        write(&plain, "photos/dog/a.png", &png(2, 2, 7));
+        write(&plain, "photos/cat/a.png", &png(2, 2, 5));
+        write(&plain, "photos/cat/b.png", &png(2, 2, 6));
+        let (test, _) = load_test_folder(&plain, true).expect("class tree");
+        assert_eq!(test.classes, ["cat", "dog"]);
+        assert_eq!((values(&test), test.labels), (vec![5, 6, 7], vec![0, 0, 1]));
+        let empty = dir.path().join("empty");
+        std::fs::create_dir_all(&empty).expect("mkdir");
+        let error = load_test_folder(&empty, false)
+            .expect_err("no images")
+            .to_string();
+        assert!(error.contains("no images found"), "{error}");
     }
 
     #[test]

@@ -222,13 +222,29 @@ impl Source {
             val_split: self.val_split,
         };
         let (splits, report) = folder::load_image_folder(Path::new(&self.dataset), &options)?;
-        if let Some((path, reason)) = report.skipped.first() {
-            eprintln!(
-                "warning: skipped {} unreadable image(s), e.g. {path}: {reason} (use --strict to fail instead)",
-                report.skipped.len()
-            );
-        }
+        warn_skipped(&report);
         Ok(splits)
+    }
+
+    /// Only the images to evaluate on: an image folder's `test/` split or, without one,
+    /// its whole `<class>/` tree (the training split is not decoded); CIFAR's test split;
+    /// with `val_split`, the held-out part as in training.
+    pub fn load_test(&self) -> anyhow::Result<Dataset> {
+        if self.cifar().is_some() || self.val_split.is_some() {
+            return Ok(self.load()?.test);
+        }
+        let (test, report) = folder::load_test_folder(Path::new(&self.dataset), self.strict)?;
+        warn_skipped(&report);
+        Ok(test)
+    }
+}
+
+fn warn_skipped(report: &LoadReport) {
+    if let Some((path, reason)) = report.skipped.first() {
+        eprintln!(
+            "warning: skipped {} unreadable image(s), e.g. {path}: {reason} (use --strict to fail instead)",
+            report.skipped.len()
+        );
     }
 }
 
