@@ -121,30 +121,6 @@ pub struct CheckpointArgs {
     /// Attention heads, needed for timm files (they do not record it): e.g. 12 for ViT-B.
     #[arg(long, value_name = "N")]
     pub num_heads: Option<usize>,
-    /// TrivialAugment (torchvision's TrivialAugmentWide): one of 14 operations (shear,
-    /// translate, rotate, brightness, colour, contrast, sharpness, posterize, solarize,
-    /// autocontrast, equalize, identity) at a random strength on every training image,
-    /// before the crop. `--trivial-augment false` turns off a preset's.
-    #[arg(long, num_args = 0..=1, default_missing_value = "true", default_value_t = false, action = clap::ArgAction::Set, value_name = "BOOL")]
-    pub trivial_augment: bool,
-    /// timm's random erasing: each training example, with this probability, gets a random
-    /// rectangle (2% to 1/3 of the image) replaced by noise (0.25 is usual).
-    #[arg(long, default_value_t = 0.0, value_name = "P")]
-    pub random_erasing: f64,
-    /// Mixup as timm's: blend each micro-batch with itself reversed by λ ~ Beta(A, A),
-    /// and the labels likewise (0.8 is usual; 0 is off).
-    #[arg(long, default_value_t = 0.0, value_name = "A")]
-    pub mixup: f64,
-    /// CutMix as timm's: paste a box of the reversed micro-batch, of area 1 − λ with
-    /// λ ~ Beta(A, A) (1.0 is usual; 0 is off). With --mixup, each batch takes one.
-    #[arg(long, default_value_t = 0.0, value_name = "A")]
-    pub cutmix: f64,
-    /// The probability that a micro-batch is mixed at all (with --mixup or --cutmix).
-    #[arg(long, default_value_t = 1.0, value_name = "P")]
-    pub mixup_prob: f64,
-    /// With both --mixup and --cutmix: the probability of CutMix for a batch.
-    #[arg(long, default_value_t = 0.5, value_name = "P")]
-    pub mixup_switch_prob: f64,
     #[command(flatten)]
     pub normalization: NormalizationArgs,
 }
@@ -563,5 +539,10 @@ pub(crate) mod tests {
         // A preset's TrivialAugment can be turned off.
         let off = options(&["--trivial-augment", "false"]);
         assert!(!off.recipe.trivial_augment);
+        // Training options only: the commands that read a checkpoint refuse them.
+        for command in ["predict", "eval", "export"] {
+            let line = ["trainer", command, "--checkpoint", "m", "--mixup", "0.8"];
+            assert!(Cli::try_parse_from(line).is_err(), "{command}");
+        }
     }
 }
