@@ -201,7 +201,7 @@ pub struct Augmentation {
 impl Augmentation {
     /// The reference's: an area crop of at least `min_area`, the flip, nothing else.
     #[cfg(test)]
-    pub fn area(min_area: f32) -> Self {
+    pub const fn area(min_area: f32) -> Self {
         Self {
             cropping: Cropping::Area { min_area },
             trivial_augment: false,
@@ -368,13 +368,7 @@ mod tests {
     }
 
     const REFERENCE: Normalization = Normalization::REFERENCE;
-    const AREA: Augmentation = Augmentation {
-        cropping: Cropping::Area {
-            min_area: MIN_CROP_AREA,
-        },
-        trivial_augment: false,
-        random_erasing: 0.0,
-    };
+    const AREA: Augmentation = Augmentation::area(MIN_CROP_AREA);
 
     fn positions(seed: u64, step: u64, first: usize) -> Positions {
         Positions { seed, step, first }

@@ -46,6 +46,9 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let config = ViTConfig::from_name_or_file(&args.model)?
         .with_image_size(args.image_size)
         .with_num_classes(args.num_classes);
+    if args.train && config.num_classes == 0 {
+        bail!("--train needs a head to train: give --num-classes 1 or more");
+    }
     let times_ms = if args.train {
         time_training(args, &config, &device)?
     } else {
@@ -133,7 +136,6 @@ fn time_training(
         let loss = cross_entropy(current.forward(images.clone()), &targets, 0.0);
         let grads = GradientsParams::from_grads(loss.backward(), &current);
         let (updated, norm) = optimizer.step(current, grads, 0.01, Some(1.0));
-        // The norm is read back from the device, so the update has finished.
         if !norm.is_finite() {
             bail!("the gradient norm became {norm}");
         }

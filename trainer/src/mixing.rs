@@ -6,10 +6,9 @@
 
 use rand::{Rng, RngExt};
 use rand_distr::{Beta, Distribution};
-use serde::{Deserialize, Serialize};
 
 /// `--mixup`, `--cutmix`, `--mixup-prob`, `--mixup-switch-prob`.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Mixing {
     /// Mixup's Beta(α, α) parameter; 0: no mixup.
     pub mixup: f64,

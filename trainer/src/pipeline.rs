@@ -167,6 +167,19 @@ mod tests {
         }
     }
 
+    /// 4 px examples with the reference's augmentation and no mixing.
+    fn plan(batch: usize, micro_batch: usize, seed: u64) -> Plan {
+        Plan {
+            batch,
+            micro_batch,
+            seed,
+            size: 4,
+            augmentation: Augmentation::area(augment::MIN_CROP_AREA),
+            mixing: Mixing::NONE,
+            normalization: Normalization::REFERENCE,
+        }
+    }
+
     fn collect(
         data: &Dataset,
         plan: Plan,
@@ -186,15 +199,7 @@ mod tests {
     #[test]
     fn batches_do_not_depend_on_where_a_run_starts_or_how_it_is_cut() {
         let data = tiny_data();
-        let plan = Plan {
-            batch: 4,
-            micro_batch: 2,
-            seed: 9,
-            size: 4,
-            augmentation: Augmentation::area(augment::MIN_CROP_AREA),
-            mixing: Mixing::NONE,
-            normalization: Normalization::REFERENCE,
-        };
+        let plan = plan(4, 2, 9);
         let whole = collect(&data, plan, 0..5);
         assert_eq!(whole.len(), 10);
         assert_eq!(whole[4].0, 2);
@@ -222,15 +227,7 @@ mod tests {
     #[test]
     fn stopping_early_ends_the_worker() {
         let data = tiny_data();
-        let plan = Plan {
-            batch: 2,
-            micro_batch: 1,
-            seed: 0,
-            size: 4,
-            augmentation: Augmentation::area(augment::MIN_CROP_AREA),
-            mixing: Mixing::NONE,
-            normalization: Normalization::REFERENCE,
-        };
+        let plan = plan(2, 1, 0);
         let first = with_batches(&data, plan, 0..1_000_000, |batches| {
             batches.recv().expect("one batch").targets
         });
@@ -241,18 +238,13 @@ mod tests {
     fn mixed_batches_are_the_same_in_a_resumed_run() {
         let data = tiny_data();
         let plan = Plan {
-            batch: 4,
-            micro_batch: 2,
-            seed: 4,
-            size: 4,
-            augmentation: Augmentation::area(augment::MIN_CROP_AREA),
             mixing: Mixing {
                 mixup: 1.0,
                 cutmix: 1.0,
                 prob: 1.0,
                 switch_prob: 0.5,
             },
-            normalization: Normalization::REFERENCE,
+            ..plan(4, 2, 4)
         };
         let run = |steps: Range<usize>| {
             with_batches(&data, plan, steps, |batches| {

@@ -354,6 +354,13 @@ fn bench_times_training_updates_and_prints_one_json_line_per_case() {
                 > 1_000_000
         );
     }
+    let out = trainer(&["bench", "--train", "--num-classes", "0"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("--num-classes"),
+        "{}",
+        text(&out.stderr)
+    );
     let out = trainer(&["bench", "--precision", "bf16"]);
     assert!(!out.status.success());
     assert!(
