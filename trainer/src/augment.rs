@@ -158,6 +158,11 @@ pub fn model_seed(seed: u64, step: u64, part: u64) -> u64 {
     example_rng(seed, step, u64::MAX - part).next_u64()
 }
 
+/// The seed of a new model's random initial weights: no update has this step number.
+pub fn init_seed(seed: u64) -> u64 {
+    model_seed(seed, u64::MAX, 0)
+}
+
 /// SplitMix64's output function: a bijection on u64 that spreads every input
 /// bit over the whole word, so nearby seeds give unrelated generator states.
 fn mix64(x: u64) -> u64 {

@@ -400,7 +400,9 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Compute device: `cpu` (burn-flex); `tch`, `tch:cpu`, `tch:cuda:N` with the Cargo
-    /// feature `tch`; `ndarray` with the feature `ndarray`.
+    /// feature `tch`; `ndarray` with the feature `ndarray`. Several for data-parallel
+    /// training: `cpu*N` (N CPU replicas), `tch:cuda:0,1` or `tch:cuda:all`; every
+    /// micro-batch is split evenly over them, and the result is the one-device run's.
     #[arg(long, default_value = "cpu")]
     pub device: String,
     /// CPU threads for the model (burn-flex) and the input pipeline (default: all cores).

@@ -448,3 +448,206 @@ fn a_from_scratch_recipe_resumes_bit_for_bit() {
     let first = metrics(&whole)[0]["loss"].as_f64().unwrap();
     assert!((first - 3f64.ln()).abs() < 1e-5, "{first}");
 }
+
+/// The tiny run without `--batch` and `--accum-steps`, which the data-parallel tests set.
+fn parallel_run(data: &Path, workdir: &Path, device: &str, batch: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_trainer"));
+    command
+        .args(["--device", device])
+        .args(batch)
+        .args(["--resolution", "32", "--seed", "7", "--log-every", "1"])
+        .args(RECIPE)
+        .arg("--pretrained")
+        .arg(repo().join("tests/fixtures/google_token.npz"))
+        .arg("--dataset")
+        .arg(data)
+        .arg("--workdir")
+        .arg(workdir);
+    command
+}
+
+/// The logits `trainer predict` gives for one test image with the run's export.
+fn final_logits(workdir: &Path, image: &Path) -> Vec<f64> {
+    let out = Command::new(env!("CARGO_BIN_EXE_trainer"))
+        .arg("predict")
+        .arg("--checkpoint")
+        .arg(workdir.join("export"))
+        .arg("--json")
+        .arg(image)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let prediction: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    serde_json::from_value(prediction["logits"].clone()).unwrap()
+}
+
+/// Same steps, learning rates and accuracies; losses and gradient norms within 1e-5
+/// (relative: only the order of floating-point sums differs); final logits within 1e-4.
+fn assert_same_run(a: &Path, b: &Path, image: &Path) {
+    let (a_lines, b_lines) = (metrics(a), metrics(b));
+    assert_eq!(a_lines.len(), b_lines.len());
+    for (x, y) in a_lines.iter().zip(&b_lines) {
+        for key in ["step", "lr", "test_accuracy"] {
+            assert_eq!(x[key], y[key], "{key}: {x} vs {y}");
+        }
+        for key in ["loss", "grad_norm"] {
+            let (x, y) = (x[key].as_f64().unwrap(), y[key].as_f64().unwrap());
+            assert!(
+                (x - y).abs() <= 1e-5 * x.abs().max(1.0),
+                "{key}: {x} vs {y}"
+            );
+        }
+    }
+    let (x, y) = (final_logits(a, image), final_logits(b, image));
+    assert!(
+        x.iter().zip(&y).all(|(x, y)| (x - y).abs() < 1e-4),
+        "{x:?} vs {y:?}"
+    );
+}
+
+#[test]
+fn two_replicas_train_the_model_one_device_trains_and_resume_on_one() {
+    let (dir, data) = tiny_data();
+    let image = data.join("test/ship/0001.jpg");
+    let plain = ["--batch", "8", "--accum-steps", "1"];
+    let one = dir.path().join("one");
+    let two = dir.path().join("two");
+    let (status, stderr) = run(&mut parallel_run(&data, &one, "cpu", &plain));
+    assert!(status.success(), "{stderr}");
+    let (status, stderr) = run(&mut parallel_run(&data, &two, "cpu*2", &plain));
+    assert!(status.success(), "{stderr}");
+    assert!(
+        stderr.contains("data parallel on 2 devices") && stderr.contains("2 shards of 4"),
+        "{stderr}"
+    );
+    assert_same_run(&one, &two, &image);
+
+    // With accumulation, and mixing whose partners sit in the other replica's shard.
+    let mixed = [
+        "--batch",
+        "8",
+        "--accum-steps",
+        "2",
+        "--mixup",
+        "0.8",
+        "--cutmix",
+        "1.0",
+        "--label-smoothing",
+        "0.1",
+    ];
+    let one = dir.path().join("one-mixed");
+    let two = dir.path().join("two-mixed");
+    let (status, stderr) = run(&mut parallel_run(&data, &one, "cpu", &mixed));
+    assert!(status.success(), "{stderr}");
+    let (status, stderr) = run(&mut parallel_run(&data, &two, "cpu*2", &mixed));
+    assert!(status.success(), "{stderr}");
+    assert_same_run(&one, &two, &image);
+
+    // A checkpoint of a 2-replica run continues on one device.
+    let moved = dir.path().join("moved");
+    let (status, stderr) =
+        run(parallel_run(&data, &moved, "cpu*2", &mixed).args(["--stop-after", "2"]));
+    assert!(status.success(), "{stderr}");
+    let (status, stderr) = run(Command::new(env!("CARGO_BIN_EXE_trainer"))
+        .args(["--resume", "--device", "cpu", "--workdir"])
+        .arg(&moved));
+    assert!(status.success(), "{stderr}");
+    assert!(!stderr.contains("data parallel"), "{stderr}");
+    assert_same_run(&one, &moved, &image);
+}
+
+#[test]
+fn a_device_list_that_cannot_work_is_refused_before_anything_is_loaded() {
+    // The data set does not exist: each error must come first.
+    let missing = Path::new("/nonexistent/data");
+    let dir = tempfile::tempdir().unwrap();
+    let cases: [(&str, &[&str], &str); 4] = [
+        (
+            "cpu*2",
+            &["--batch", "6", "--accum-steps", "2"],
+            "does not split evenly over 2 devices",
+        ),
+        (
+            "gpu",
+            &["--batch", "6", "--accum-steps", "1"],
+            "unknown device `gpu`",
+        ),
+        (
+            "cpu*0",
+            &["--batch", "6", "--accum-steps", "1"],
+            "at least one replica",
+        ),
+        (
+            "tch:cuda:9",
+            &["--batch", "6", "--accum-steps", "1"],
+            if cfg!(feature = "tch") {
+                "there is no `tch:cuda:9`"
+            } else {
+                "`tch` feature"
+            },
+        ),
+    ];
+    for (device, batch, expected) in cases {
+        let (status, stderr) = run(&mut parallel_run(
+            missing,
+            &dir.path().join("run"),
+            device,
+            batch,
+        ));
+        assert!(!status.success(), "{device}");
+        assert!(stderr.contains(expected), "{device}: {stderr}");
+        assert!(!stderr.contains("data set"), "{device}: {stderr}");
+    }
+}
+
+#[test]
+fn a_new_model_is_a_function_of_the_seed_on_any_device_count() {
+    let (dir, data) = tiny_data();
+    let scratch = |workdir: &Path, device: &str, seed: &str| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_trainer"));
+        command
+            .args([
+                "--pretrained",
+                "none",
+                "--model",
+                "Ti/16",
+                "--optimizer",
+                "adamw",
+            ])
+            .args([
+                "--lr",
+                "0.001",
+                "--batch",
+                "8",
+                "--accum-steps",
+                "1",
+                "--seed",
+                seed,
+            ])
+            .args(["--device", device, "--resolution", "32", "--log-every", "1"])
+            .args([
+                "--steps",
+                "3",
+                "--warmup",
+                "1",
+                "--eval-every",
+                "3",
+                "--dataset",
+            ])
+            .arg(&data)
+            .arg("--workdir")
+            .arg(workdir);
+        let (status, stderr) = run(&mut command);
+        assert!(status.success(), "{stderr}");
+    };
+    let [a, b, c, d] = ["a", "b", "c", "d"].map(|name| dir.path().join(name));
+    scratch(&a, "cpu", "3");
+    scratch(&b, "cpu", "3");
+    // Random initial weights, drawn lazily by burn: the same for the same seed, also
+    // when two replicas' threads are the first to use them.
+    assert_eq!(recipe_metrics(&a), recipe_metrics(&b));
+    scratch(&c, "cpu*2", "3");
+    assert_same_run(&a, &c, &data.join("test/cat/0002.jpg"));
+    scratch(&d, "cpu", "4");
+    assert_ne!(metrics(&a)[0]["grad_norm"], metrics(&d)[0]["grad_norm"]);
+}

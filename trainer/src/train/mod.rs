@@ -6,6 +6,7 @@
 //! and SIGTERM into a checkpoint.
 
 mod model;
+mod replicas;
 mod resume;
 mod signals;
 mod steps;
@@ -22,6 +23,7 @@ use crate::metrics::Metrics;
 use crate::optimizer::Optimizer;
 use crate::recipe::{Recipe, RunOptions, Runtime};
 use crate::{checkpoint, device};
+use replicas::Replicas;
 pub use steps::cross_entropy;
 use steps::{Run, Start};
 
@@ -51,7 +53,20 @@ pub fn run(args: &TrainArgs, explicit: &[String]) -> Result<Completion> {
     recipe.validate()?;
     runtime.validate()?;
     device::configure_threads(runtime.threads)?;
-    let device = device::parse(&runtime.device)?;
+    let devices = device::parse_list(&runtime.device)?;
+    let micro_batch = recipe.micro_batch();
+    if micro_batch % devices.len() != 0 {
+        bail!(
+            "a micro-batch of {micro_batch} examples (--batch {} / --accum-steps {}) does not \
+             split evenly over {} devices; make it a multiple of {}",
+            recipe.batch,
+            recipe.accum_steps,
+            devices.len(),
+            devices.len()
+        );
+    }
+    let replicas = Replicas::new(devices);
+    let device = replicas.main().clone();
     if resumed.is_none() {
         resume::refuse_to_overwrite(&runtime.workdir)?;
     }
@@ -120,13 +135,23 @@ pub fn run(args: &TrainArgs, explicit: &[String]) -> Result<Completion> {
         (config.num_classes as f64).ln()
     );
 
+    if replicas.count() > 1 {
+        eprintln!(
+            "data parallel on {} devices ({}): each micro-batch of {micro_batch} is split into \
+             {} shards of {}, their gradients summed on the first device",
+            replicas.count(),
+            runtime.device,
+            replicas.count(),
+            micro_batch / replicas.count()
+        );
+    }
     let run = Run {
         options: &options,
         stop_after: args.stop_after,
         classes: &classes,
         train_set: &train_set,
         test_set: &test_set,
-        device: &device,
+        replicas: &replicas,
         interrupted: signals::interrupt_flag(),
     };
     let (model, test_accuracy) = match run.train(start)? {

@@ -4,11 +4,12 @@
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
-use burn::tensor::Device;
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::tensor::{Device, Tensor};
 use vit::{ViTConfig, VisionTransformer};
 
-use crate::pretrained;
 use crate::recipe::{Recipe, RepresentationSize};
+use crate::{augment, pretrained};
 
 /// Builds the starting model for `num_classes` classes on `device`.
 pub fn initial_model(
@@ -52,16 +53,31 @@ pub fn initial_model(
             RepresentationSize::Size(size) => Some(size),
         };
     }
-    match pretrained {
+    device.seed(augment::init_seed(recipe.seed));
+    let model = match pretrained {
         Some(checkpoint) => {
             let variant = head_variant(&checkpoint.config, &target);
             let adapted = checkpoint
                 .for_finetuning(&target)
                 .context("the pretrained checkpoint does not fit the model")?;
             eprintln!("head: {variant}");
-            Ok(adapted.into_model(device)?)
+            adapted.into_model(device)?
         }
-        None => Ok(VisionTransformer::new(&target, device)?),
+        None => VisionTransformer::new(&target, device)?,
+    };
+    // burn draws a parameter's initial values lazily, when it is first used, which
+    // could be on any replica's thread: draw them all now, in module order, right after
+    // seeding, so that a new model is a function of --seed alone.
+    model.visit(&mut Materialize);
+    Ok(model)
+}
+
+/// Initialises every parameter it visits.
+struct Materialize;
+
+impl ModuleVisitor for Materialize {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let _ = param.val();
     }
 }
 

@@ -8,13 +8,14 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail, ensure};
 use burn::module::Module;
-use burn::optim::{GradientsAccumulator, GradientsParams};
+use burn::optim::GradientsAccumulator;
 use burn::tensor::activation::log_softmax;
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{Int, Tensor, TensorData};
 use indicatif::ProgressBar;
 use vit::VisionTransformer;
 
 use super::Completion;
+use super::replicas::{LossOptions, Replicas};
 use crate::data::Dataset;
 use crate::ema::Ema;
 use crate::metrics::{Metrics, MetricsLine};
@@ -41,19 +42,20 @@ pub fn cross_entropy(logits: Tensor<2>, targets: &[usize], smoothing: f64) -> Te
 }
 
 /// [`cross_entropy`] of a mixed micro-batch: weight `lambda` on each example's own target
-/// and `1 − lambda` on its partner's, the example at the mirrored position (mixup, CutMix).
+/// and `1 − lambda` on its partner's (mixup, CutMix: the example at the mirrored position
+/// of the whole micro-batch).
 pub fn mixed_cross_entropy(
     logits: Tensor<2>,
     targets: &[usize],
+    partners: &[usize],
     lambda: f64,
     smoothing: f64,
 ) -> Tensor<1> {
     if lambda >= 1.0 {
         return cross_entropy(logits, targets, smoothing);
     }
-    let partners: Vec<usize> = targets.iter().rev().copied().collect();
     cross_entropy(logits.clone(), targets, smoothing) * lambda
-        + cross_entropy(logits, &partners, smoothing) * (1.0 - lambda)
+        + cross_entropy(logits, partners, smoothing) * (1.0 - lambda)
 }
 
 /// Where training starts: a fresh model, or a checkpoint's.
@@ -75,7 +77,8 @@ pub struct Run<'a> {
     pub classes: &'a [String],
     pub train_set: &'a Dataset,
     pub test_set: &'a Dataset,
-    pub device: &'a Device,
+    /// The devices; the first holds the weights and evaluates.
+    pub replicas: &'a Replicas,
     pub interrupted: Arc<AtomicBool>,
 }
 
@@ -238,7 +241,8 @@ impl Run<'_> {
         Ok(Ok((model, metrics.final_test_accuracy())))
     }
 
-    /// One update (`step` counted from 0) over its micro-batches.
+    /// One update (`step` counted from 0) over its micro-batches, each shared out
+    /// over the devices.
     fn update(
         &self,
         model: VisionTransformer,
@@ -247,26 +251,22 @@ impl Run<'_> {
         batches: &Receiver<MicroBatch>,
     ) -> Result<(VisionTransformer, StepReport)> {
         let recipe = &self.options.recipe;
-        let training_device = self.device.clone().autodiff();
-        let size = model.config().image_size;
+        let options = LossOptions {
+            label_smoothing: recipe.label_smoothing,
+            weight: 1.0 / recipe.accum_steps as f64,
+        };
+        let devices = self.replicas.count();
         let mut accumulator = GradientsAccumulator::<VisionTransformer>::new();
         let mut loss = 0.0;
         for part in 0..recipe.accum_steps {
             let batch = batches.recv().context("the input pipeline stopped")?;
             debug_assert_eq!(batch.step, step);
-            training_device.seed(augment::model_seed(recipe.seed, step as u64, part as u64));
-            let images = Tensor::<4>::from_data(
-                TensorData::new(batch.pixels, [batch.targets.len(), 3, size, size]),
-                &training_device,
-            );
-            let part = mixed_cross_entropy(
-                model.forward(images),
-                &batch.targets,
-                batch.lambda,
-                recipe.label_smoothing,
-            ) / recipe.accum_steps as f64;
-            loss += f64::from(part.clone().into_scalar::<f32>());
-            let grads = GradientsParams::from_grads(part.backward(), &model);
+            // One device: the seed of micro-batch `part`, as before there were several.
+            let seed = |shard: usize| {
+                augment::model_seed(recipe.seed, step as u64, (part * devices + shard) as u64)
+            };
+            let (part_loss, grads) = self.replicas.gradients(&model, &batch, options, seed)?;
+            loss += part_loss;
             accumulator.accumulate(&model, grads);
         }
         let lr = recipe.schedule().lr_at(step);
@@ -285,7 +285,8 @@ impl Run<'_> {
     /// `model` without gradients.
     fn test_accuracy(&self, model: &VisionTransformer, batch: usize) -> f64 {
         let hidden = ProgressBar::hidden();
-        let predictions = eval::predict_all(model, self.test_set, batch, self.device, &hidden);
+        let predictions =
+            eval::predict_all(model, self.test_set, batch, self.replicas.main(), &hidden);
         eval::accuracy(&predictions, &self.test_set.labels)
     }
 
@@ -324,7 +325,8 @@ impl Run<'_> {
 
 #[cfg(test)]
 mod tests {
-    use burn::tensor::Distribution;
+    use burn::optim::GradientsParams;
+    use burn::tensor::{Device, Distribution};
 
     use super::*;
 
@@ -356,7 +358,9 @@ mod tests {
         let logits = Tensor::<2>::from_data(TensorData::new(values.clone(), [3, 5]), &device);
         let targets = [4, 0, 2];
         let (lambda, smoothing) = (0.3, 0.1);
-        let got = mixed_cross_entropy(logits, &targets, lambda, smoothing).into_scalar::<f32>();
+        let partners = [2, 0, 4];
+        let got = mixed_cross_entropy(logits, &targets, &partners, lambda, smoothing)
+            .into_scalar::<f32>();
         let mut expected = 0.0;
         for (b, row) in values.chunks(5).enumerate() {
             let log_sum = row.iter().map(|v| f64::from(*v).exp()).sum::<f64>().ln();
