@@ -196,6 +196,17 @@ fn browser_app_matches_trainer_predict() {
         report["model_description"], shipped["vit_description"],
         "model description"
     );
+    let card: Value = serde_json::from_slice(
+        &std::fs::read(root.join("models/cifar10-demo/card.json")).expect("the model card"),
+    )
+    .expect("card.json is JSON");
+    let accuracy = card["test_accuracy"].as_f64().expect("card test_accuracy");
+    assert_eq!(
+        report["model_accuracy"],
+        format!("{:.2}%", accuracy * 100.0),
+        "the page shows the card's measured accuracy"
+    );
+    assert_eq!(report["card_status"], 200, "the model card link");
     assert_same_top5(&top_of(&report["upload"]["top"]), &native, "uploaded JPEG");
     assert!(
         report["upload"]["latency_ms"]

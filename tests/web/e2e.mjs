@@ -16,6 +16,13 @@ try {
   const page = await openPage(browser, url, log);
   report.model_status = await page.textContent('[data-testid="model-status"]');
   report.model_description = await page.textContent('[data-testid="model-description"]');
+  // The shipped model's measured accuracy, and its card one click away.
+  await page.waitForSelector('[data-testid="model-accuracy"]', { timeout: 30_000 });
+  report.model_accuracy = await page.textContent('[data-testid="model-accuracy"]');
+  report.card_status = await page.evaluate(async () => {
+    const link = document.querySelector('[data-testid="model-card-link"]');
+    return (await fetch(link.href)).status;
+  });
   report.upload = await upload(page, imagePath);
   report.screenshot = path.join(outDir, 'page.png');
   await page.screenshot({ path: report.screenshot, fullPage: true });

@@ -31,6 +31,8 @@ struct State {
     image_url: RwSignal<Option<String>>,
     show_attention: RwSignal<bool>,
     backend: RwSignal<String>,
+    /// The shipped model's card, once fetched (the page works without it).
+    card: RwSignal<Option<display::ModelCard>>,
     /// Only the answer to the latest image is shown.
     latest_request: RwSignal<u64>,
     dragging: RwSignal<bool>,
@@ -48,6 +50,7 @@ impl State {
             image_url: RwSignal::new(None),
             show_attention: RwSignal::new(true),
             backend: RwSignal::new(crate::BACKEND.to_owned()),
+            card: RwSignal::new(None),
             latest_request: RwSignal::new(0),
             dragging: RwSignal::new(false),
         }
@@ -227,6 +230,16 @@ impl State {
         });
     }
 
+    /// The card is optional: without it the page shows no measured accuracy.
+    async fn load_shipped_card(self) {
+        let url = format!("{}card.json", crate::SHIPPED_CARD_DIR);
+        if let Ok(bytes) = browser::download(&url, |_, _| {}).await {
+            self.card.set(display::ModelCard::parse(
+                &js_sys::Uint8Array::new(&bytes).to_vec(),
+            ));
+        }
+    }
+
     async fn load_shipped_model(self) {
         let download = async {
             let config = browser::download(crate::SHIPPED_CONFIG_URL, |_, _| {}).await?;
@@ -241,7 +254,7 @@ impl State {
         match result {
             Ok((config, weights)) => worker_client::send(
                 &Request::LoadModel {
-                    source: "the shipped model".to_owned(),
+                    source: crate::SHIPPED_SOURCE.to_owned(),
                 },
                 &[config, weights],
             ),
@@ -378,6 +391,25 @@ fn ModelPanel(state: State) -> impl IntoView {
                     })
                 }}
             </p>
+            {move || {
+                let card = state.card.get()?;
+                let shipped = state.model.get()?.source == crate::SHIPPED_SOURCE;
+                shipped.then(|| {
+                    let link = |file: &str| format!("{}{file}", crate::SHIPPED_CARD_DIR);
+                    view! {
+                        <p class="details" data-testid="model-card">
+                            "Measured accuracy: "
+                            <strong data-testid="model-accuracy">{card.accuracy()}</strong>
+                            {format!(" on the {} CIFAR-10 test images · ", card.images())}
+                            <a data-testid="model-card-link" href=link("README.md")>"model card"</a>
+                            " · "
+                            <a href=link("confusion.svg")>"confusion matrix"</a>
+                            " · "
+                            <a href=link("curves.svg")>"training curves"</a>
+                        </p>
+                    }
+                })
+            }}
             <p class="details" data-testid="model-description">
                 {move || state.model.get().and_then(|model| model.description)}
             </p>
@@ -515,6 +547,7 @@ fn App() -> impl IntoView {
             .set(Some(format!("Cannot start the inference worker: {error}")));
     }
     spawn_local(state.load_shipped_model());
+    spawn_local(state.load_shipped_card());
     listen_for_drops_and_pastes(state);
     view! {
         <main class="app" class:dragging=move || state.dragging.get()>

@@ -39,6 +39,38 @@ pub fn millions(count: usize) -> String {
     format!("{:.1} M", count as f64 / 1e6)
 }
 
+/// The figures of a model card's `card.json` the page shows.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+pub struct ModelCard {
+    /// On the data set's whole test split, measured by `trainer eval`.
+    pub test_accuracy: f64,
+    pub test_images: usize,
+}
+
+impl ModelCard {
+    pub fn parse(json: &[u8]) -> Option<Self> {
+        serde_json::from_slice(json).ok()
+    }
+
+    /// `0.575` → `"57.50%"`, as the card and `trainer eval` print it.
+    pub fn accuracy(&self) -> String {
+        format!("{:.2}%", self.test_accuracy * 100.0)
+    }
+
+    /// `10000` → `"10,000"`.
+    pub fn images(&self) -> String {
+        let digits = self.test_images.to_string();
+        let mut grouped = String::new();
+        for (index, digit) in digits.chars().enumerate() {
+            if index > 0 && (digits.len() - index).is_multiple_of(3) {
+                grouped.push(',');
+            }
+            grouped.push(digit);
+        }
+        grouped
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -62,5 +94,30 @@ mod tests {
         for p in [0.1f32, 0.123_456_79, 1e-7, 1.0] {
             assert_eq!(probability_attribute(p).parse::<f32>().unwrap(), p);
         }
+    }
+
+    #[test]
+    fn the_shipped_card_reads_as_the_page_shows_it() {
+        let card = ModelCard::parse(include_bytes!("../../models/cifar10-demo/card.json"))
+            .expect("the shipped card.json");
+        assert!(card.test_accuracy > 0.1 && card.test_accuracy <= 1.0);
+        assert!(card.accuracy().ends_with('%'));
+        let card = ModelCard {
+            test_accuracy: 0.575,
+            test_images: 10_000,
+        };
+        assert_eq!(
+            (card.accuracy().as_str(), card.images().as_str()),
+            ("57.50%", "10,000")
+        );
+        assert_eq!(
+            ModelCard {
+                test_images: 100,
+                ..card
+            }
+            .images(),
+            "100"
+        );
+        assert_eq!(ModelCard::parse(b"not json"), None);
     }
 }

@@ -26,5 +26,10 @@ pub const BACKEND: &str = "CPU (wasm SIMD)";
 /// The shipped model, relative to the site's base URL.
 pub const SHIPPED_CONFIG_URL: &str = "model/config.json";
 pub const SHIPPED_WEIGHTS_URL: &str = "model/model.safetensors";
+/// The shipped model's card (`models/cifar10-demo/`, copied by trunk): its measured
+/// accuracy, how it was made, the confusion matrix and the training curves.
+pub const SHIPPED_CARD_DIR: &str = "cifar10-demo/";
+/// The source name the page gives the shipped model.
+pub const SHIPPED_SOURCE: &str = "the shipped model";
 /// The worker's entry script written by trunk (`data-loader-shim`).
 pub const WORKER_SCRIPT_URL: &str = "worker_loader.js";
