@@ -217,12 +217,18 @@ impl ViTConfig {
         self.hidden_size / self.num_heads.max(1)
     }
 
-    /// The stochastic-depth rate of block `layer` (timm's linear rule).
+    /// The stochastic-depth rate of block `layer` (timm's linear rule: 0 for the first
+    /// block, `drop_path` for the last).
     pub fn drop_path_at(&self, layer: usize) -> f64 {
-        if self.num_layers <= 1 {
-            self.drop_path
+        Self::stochastic_depth(self.drop_path, self.num_layers, layer)
+    }
+
+    /// The rule of [`drop_path_at`](Self::drop_path_at) for a rate and a depth.
+    pub fn stochastic_depth(rate: f64, num_layers: usize, layer: usize) -> f64 {
+        if num_layers <= 1 {
+            rate
         } else {
-            self.drop_path * layer as f64 / (self.num_layers - 1) as f64
+            rate * layer as f64 / (num_layers - 1) as f64
         }
     }
 

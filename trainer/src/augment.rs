@@ -150,7 +150,7 @@ pub fn example_rng(seed: u64, step: u64, index: u64) -> impl Rng + Clone {
     Xoshiro256PlusPlus::from_seed(bytes)
 }
 
-/// The seed of the model's own randomness (dropout, stochastic depth) in micro-batch
+/// The seed of the model's own randomness (dropout) in micro-batch
 /// `part` of update `step`: set on the device before each forward pass, so that these
 /// too are functions of (seed, step) and a resumed run repeats them.
 pub fn model_seed(seed: u64, step: u64, part: u64) -> u64 {

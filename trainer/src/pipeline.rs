@@ -7,6 +7,7 @@ use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
 use rand::RngExt;
 
+use vit::ViTConfig;
 use vit::preprocess::Normalization;
 
 use crate::augment::{self, Augmentation, Positions};
@@ -21,6 +22,36 @@ pub struct MicroBatch {
     /// The weight of each example's own label; the rest goes to the label of the
     /// example at the mirrored position (mixup, CutMix). 1 when not mixed.
     pub lambda: f64,
+    /// With stochastic depth: `[len, 2 × layers]` decisions, 1 (keep) or 0 (drop), for
+    /// each example's residual branches ([`vit::VisionTransformer::forward_training`]).
+    pub keep: Option<Vec<f32>>,
+}
+
+/// Stochastic depth, as far as the pipeline draws its decisions.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DropPath {
+    /// The last block's rate ([`ViTConfig::drop_path`]).
+    pub rate: f64,
+    pub layers: usize,
+}
+
+impl DropPath {
+    /// `None` when the model drops nothing.
+    pub fn of(config: &ViTConfig) -> Option<Self> {
+        (config.drop_path > 0.0).then_some(Self {
+            rate: config.drop_path,
+            layers: config.num_layers,
+        })
+    }
+
+    /// One example's `2 × layers` decisions: each block's attention branch, then its
+    /// MLP branch, kept with probability `1 − rate` of that block.
+    fn draw(self, rng: &mut impl rand::Rng) -> impl Iterator<Item = f32> {
+        (0..2 * self.layers).map(move |column| {
+            let rate = ViTConfig::stochastic_depth(self.rate, self.layers, column / 2);
+            if rng.random::<f64>() < rate { 0.0 } else { 1.0 }
+        })
+    }
 }
 
 /// How updates are cut out of the shuffled stream of training examples.
@@ -39,11 +70,18 @@ pub struct Plan {
     pub mixing: Mixing,
     /// The model's input normalisation.
     pub normalization: Normalization,
+    /// The model's stochastic depth, if any.
+    pub drop_path: Option<DropPath>,
 }
 
 /// The random stream of micro-batch `part`'s mixing is `example_rng(seed, step,
 /// MIXING_STREAM + part)`: no example position comes near it.
 const MIXING_STREAM: u64 = 1 << 63;
+
+/// The random stream of the stochastic-depth decisions of the example at position `k` of
+/// an update is `example_rng(seed, step, DROP_PATH_STREAM + k)`: a function of the
+/// example's place, not of how the update is split into micro-batches or over devices.
+const DROP_PATH_STREAM: u64 = 1 << 62;
 
 /// How many micro-batches the worker prepares ahead of the one in use.
 const AHEAD: usize = 2;
@@ -93,11 +131,25 @@ fn produce(data: &Dataset, plan: Plan, steps: Range<usize>, sender: &SyncSender<
                 &mut augment::example_rng(plan.seed, step as u64, MIXING_STREAM + part as u64),
             );
             let targets = micro.iter().map(|&i| data.labels[i]).collect();
+            let keep = plan.drop_path.map(|drop_path| {
+                (0..micro.len())
+                    .flat_map(|j| {
+                        let position = (part * plan.micro_batch + j) as u64;
+                        let mut rng = augment::example_rng(
+                            plan.seed,
+                            step as u64,
+                            DROP_PATH_STREAM + position,
+                        );
+                        drop_path.draw(&mut rng).collect::<Vec<_>>()
+                    })
+                    .collect()
+            });
             let batch = MicroBatch {
                 step,
                 pixels,
                 targets,
                 lambda,
+                keep,
             };
             if sender.send(batch).is_err() {
                 return;
@@ -177,6 +229,7 @@ mod tests {
             augmentation: Augmentation::area(augment::MIN_CROP_AREA),
             mixing: Mixing::NONE,
             normalization: Normalization::REFERENCE,
+            drop_path: None,
         }
     }
 
@@ -257,5 +310,47 @@ mod tests {
         let whole = run(0..4);
         assert!(whole.iter().any(|(_, _, lambda)| *lambda < 1.0));
         assert_eq!(run(2..4), whole[4..]);
+    }
+
+    #[test]
+    fn drop_path_decisions_belong_to_the_example_position_and_keep_the_rate() {
+        let data = tiny_data();
+        let drop_path = DropPath {
+            rate: 0.4,
+            layers: 3,
+        };
+        let dropping = Plan {
+            drop_path: Some(drop_path),
+            ..plan(4, 2, 5)
+        };
+        let keep = |plan: Plan| {
+            with_batches(&data, plan, 0..200, |batches| {
+                batches
+                    .iter()
+                    .flat_map(|batch| batch.keep.expect("decisions"))
+                    .collect::<Vec<f32>>()
+            })
+        };
+        let split = keep(dropping);
+        // Cut into micro-batches differently, each example keeps its decisions.
+        assert_eq!(
+            keep(Plan {
+                micro_batch: 4,
+                ..dropping
+            }),
+            split
+        );
+        assert_eq!(split.len(), 200 * 4 * 6);
+        // Block 0 never drops; blocks 1 and 2 drop at 0.2 and 0.4.
+        for (column, rate) in [0.0, 0.0, 0.2, 0.2, 0.4, 0.4].into_iter().enumerate() {
+            let values: Vec<f32> = split.iter().skip(column).step_by(6).copied().collect();
+            assert!(values.iter().all(|&v| v == 0.0 || v == 1.0));
+            let dropped = values.iter().filter(|&&v| v == 0.0).count() as f64 / 800.0;
+            assert!((dropped - rate).abs() < 0.05, "column {column}: {dropped}");
+        }
+        assert_eq!(
+            with_batches(&data, plan(4, 2, 5), 0..1, |b| b.recv().unwrap().keep),
+            None
+        );
     }
 }

@@ -522,7 +522,8 @@ fn two_replicas_train_the_model_one_device_trains_and_resume_on_one() {
     );
     assert_same_run(&one, &two, &image);
 
-    // With accumulation, and mixing whose partners sit in the other replica's shard.
+    // With accumulation, mixing whose partners sit in the other replica's shard, and
+    // stochastic depth, whose decisions belong to each example, not to its replica.
     let mixed = [
         "--batch",
         "8",
@@ -534,6 +535,8 @@ fn two_replicas_train_the_model_one_device_trains_and_resume_on_one() {
         "1.0",
         "--label-smoothing",
         "0.1",
+        "--drop-path",
+        "0.5",
     ];
     let one = dir.path().join("one-mixed");
     let two = dir.path().join("two-mixed");

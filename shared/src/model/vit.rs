@@ -84,8 +84,15 @@ impl VisionTransformer {
     /// `[B, 3, H, W]` images in [-1, 1] → `[B, num_classes]` logits (or the
     /// representation when the model has no head).
     pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
+        self.forward_training(images, None)
+    }
+
+    /// [`forward`](Self::forward) in training with stochastic depth: `keep`
+    /// `[B, 2 × num_layers]` holds each example's decisions, 1 (keep) or 0 (drop), for
+    /// every block's attention branch (column `2i`) and MLP branch (column `2i + 1`).
+    pub fn forward_training(&self, images: Tensor<4>, keep: Option<Tensor<2>>) -> Tensor<2> {
         let tokens = self.tokens(images);
-        let encoded = self.encoder.forward(tokens);
+        let encoded = self.encoder.forward(tokens, keep);
         self.classify(encoded)
     }
 

@@ -28,8 +28,8 @@ use super::steps::mixed_cross_entropy;
 use crate::pipeline::MicroBatch;
 
 /// The backends' random generators (flex's, libtorch's) are one per process, not one
-/// per device: replicas that draw dropout or drop-path masks take turns seeding and
-/// drawing, so that what each draws depends on its seed, not on thread timing.
+/// per device: replicas that draw dropout masks take turns seeding and drawing, so that
+/// what each draws depends on its seed, not on thread timing.
 static RANDOM: Mutex<()> = Mutex::new(());
 
 /// The devices of a run, each with a replica during a micro-batch.
@@ -83,6 +83,10 @@ impl Replicas {
             pixels: &batch.pixels[index * shard_len * pixels_per_example..]
                 [..shard_len * pixels_per_example],
             targets: &batch.targets[index * shard_len..][..shard_len],
+            keep: batch.keep.as_ref().map(|keep| {
+                let columns = keep.len() / len;
+                &keep[index * shard_len * columns..][..shard_len * columns]
+            }),
             partners: &partners[index * shard_len..][..shard_len],
             size,
             lambda: batch.lambda,
@@ -135,10 +139,11 @@ impl Replicas {
     }
 }
 
-/// Whether a training forward pass draws random numbers (dropout, drop-path).
+/// Whether a training forward pass draws random numbers on the device (dropout; the
+/// stochastic-depth decisions come with the micro-batch).
 fn is_stochastic(model: &VisionTransformer) -> bool {
     let config = model.config();
-    config.dropout > 0.0 || config.attention_dropout > 0.0 || config.drop_path > 0.0
+    config.dropout > 0.0 || config.attention_dropout > 0.0
 }
 
 /// One device's part of a micro-batch.
@@ -147,6 +152,8 @@ struct Shard<'a> {
     pixels: &'a [f32],
     targets: &'a [usize],
     partners: &'a [usize],
+    /// `[len, 2 × layers]` stochastic-depth decisions.
+    keep: Option<&'a [f32]>,
     size: usize,
     lambda: f64,
     smoothing: f64,
@@ -171,10 +178,17 @@ impl Shard<'_> {
             ),
             device,
         );
+        let len = self.targets.len();
+        let keep = self.keep.map(|keep| {
+            Tensor::<2>::from_data(
+                TensorData::new(keep.to_vec(), [len, keep.len() / len]),
+                device,
+            )
+        });
         let logits = {
             let _turn = exclusive.then(|| RANDOM.lock().unwrap_or_else(|e| e.into_inner()));
             device.seed(self.seed);
-            model.forward(images)
+            model.forward_training(images, keep)
         };
         let loss = mixed_cross_entropy(
             logits,

@@ -20,7 +20,7 @@ use crate::data::Dataset;
 use crate::ema::Ema;
 use crate::metrics::{Metrics, MetricsLine};
 use crate::optimizer::{self, Optimizer};
-use crate::pipeline::{self, MicroBatch, Plan};
+use crate::pipeline::{self, DropPath, MicroBatch, Plan};
 use crate::recipe::RunOptions;
 use crate::{augment, checkpoint, eval, progress};
 
@@ -126,6 +126,7 @@ impl Run<'_> {
             augmentation: recipe.augmentation(),
             mixing: recipe.mixing(),
             normalization: model.config().normalization,
+            drop_path: DropPath::of(model.config()),
         };
         let steps = recipe.steps;
         let bar = progress::training(steps, first);
