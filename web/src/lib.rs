@@ -11,6 +11,7 @@ pub mod image_input;
 pub mod protocol;
 pub mod rollout;
 pub mod samples;
+pub mod teach;
 
 #[cfg(target_arch = "wasm32")]
 pub mod app;

@@ -119,20 +119,33 @@ impl VisionTransformer {
         }
     }
 
+    /// What the head sees, `[B, representation_width]`: the class token (or the mean
+    /// of the tokens) after the final LayerNorm, through the pre-logits layer if there
+    /// is one. These are the features a new head is trained on (the page's teaching).
+    pub fn representation(&self, images: Tensor<4>) -> Tensor<2> {
+        let tokens = self.tokens(images);
+        self.pool(self.encoder.forward(tokens, None))
+    }
+
     /// Pooling, pre-logits and head: `[B, N, D]` → `[B, C]`.
     fn classify(&self, encoded: Tensor<3>) -> Tensor<2> {
+        let representation = self.pool(encoded);
+        match &self.head {
+            Some(head) => head.forward(representation),
+            None => representation,
+        }
+    }
+
+    /// Pooling and pre-logits: `[B, N, D]` → `[B, representation_width]`.
+    fn pool(&self, encoded: Tensor<3>) -> Tensor<2> {
         let [batch, _, hidden] = encoded.dims();
         let pooled: Tensor<2> = match self.config.classifier {
             Classifier::Token => encoded.slice([0..batch, 0..1]).reshape([batch, hidden]),
             Classifier::Gap => encoded.mean_dim(1).reshape([batch, hidden]),
         };
-        let representation = match &self.pre_logits {
+        match &self.pre_logits {
             Some(dense) => dense.forward(pooled).tanh(),
             None => pooled,
-        };
-        match &self.head {
-            Some(head) => head.forward(representation),
-            None => representation,
         }
     }
 }
