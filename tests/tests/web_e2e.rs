@@ -1,7 +1,9 @@
 //! The browser app end to end, in real headless Chromium: builds the site with
 //! trunk under a sub-path, serves it from 127.0.0.1, uploads and drops a real
 //! CIFAR-10 JPEG and a text file, loads a corrupt model, and checks the
-//! page's top-5 against `trainer predict --json` on the same model and file.
+//! page's top-5 against `trainer predict --json` on the same model and file; then
+//! teaches it two classes, classifies held-out images with the taught model, and
+//! checks its downloaded zip with `trainer predict` and by loading it back.
 //!
 //! Needs the tools `.ci/setup-web` installs; fails (never skips) without them.
 //! The page is driven by `tests/web/e2e.mjs` (playwright-core); this file
@@ -107,12 +109,17 @@ fn trainer_binary(root: &Path) -> PathBuf {
     binary
 }
 
-/// (label, probability) of `trainer predict --json --top-k 5`.
+/// (label, probability) of `trainer predict --json --top-k 5` with the shipped model.
 fn native_top5(root: &Path, image: &Path) -> Vec<(String, f64)> {
+    native_top(root, &root.join("web/model"), image)
+}
+
+/// The same with any checkpoint `trainer` reads (a folder, a zip).
+fn native_top(root: &Path, checkpoint: &Path, image: &Path) -> Vec<(String, f64)> {
     let output = run(
         Command::new(trainer_binary(root))
             .args(["predict", "--json", "--top-k", "5", "--checkpoint"])
-            .arg(root.join("web/model"))
+            .arg(checkpoint)
             .arg(image),
         "trainer predict",
     );
@@ -135,6 +142,15 @@ fn top_of(list: &Value) -> Vec<(String, f64)> {
 
 fn assert_same_top5(page: &[(String, f64)], native: &[(String, f64)], what: &str) {
     assert_eq!(page.len(), 5, "{what}: {page:?}");
+    assert_same_top(page, native, what);
+}
+
+fn assert_same_top(page: &[(String, f64)], native: &[(String, f64)], what: &str) {
+    assert_eq!(
+        page.len(),
+        native.len(),
+        "{what}: {page:?} vs trainer {native:?}"
+    );
     for ((page_label, page_p), (native_label, native_p)) in page.iter().zip(native) {
         assert_eq!(
             page_label, native_label,
@@ -166,7 +182,8 @@ fn browser_app_matches_trainer_predict() {
         Command::new("node")
             .current_dir(root.join("tests/web"))
             .arg("e2e.mjs")
-            .args([&dist, &image, &text, &out]),
+            .args([&dist, &image, &text, &out])
+            .arg(root.join("tests/data/cifar10-sample/test")),
         "node tests/web/e2e.mjs",
     );
     let report: Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|error| {
@@ -231,6 +248,40 @@ fn browser_app_matches_trainer_predict() {
         "corrupt model error: {bad_model:?}"
     );
     assert_eq!(report["status_after_bad_model"], "ready");
+    // Teaching: two classes from five real images each, in the worker.
+    assert_eq!(report["teach_status"], "trained", "teaching: {log}");
+    let accuracy: f64 = report["teach_accuracy"]
+        .as_str()
+        .and_then(|text| text.parse().ok())
+        .expect("a leave-one-out accuracy");
+    assert!((0.6..=1.0).contains(&accuracy), "leave-one-out {accuracy}");
+    println!("taught 2 x 5 images in {} ms", report["teach_ms"]);
+    let taught = report["taught_description"].as_str().unwrap_or_default();
+    assert!(taught.contains("ship, frog"), "{taught}");
+    let export = PathBuf::from(report["export"].as_str().expect("the downloaded zip"));
+    assert_eq!(report["export_name"], "taught-model.zip");
+    let held_out = report["held_out"].as_array().expect("held-out results");
+    assert_eq!(held_out.len(), 10);
+    let mut correct = 0;
+    for result in held_out {
+        let page = top_of(&result["top"]);
+        correct += usize::from(page[0].0 == result["class"].as_str().unwrap_or_default());
+        // `trainer predict` on the downloaded zip gives the page's probabilities.
+        let image = Path::new(result["image"].as_str().expect("image path"));
+        assert_same_top(&page, &native_top(&root, &export, image), "taught model");
+    }
+    // Chance is 5 of 10; the shipped model's features give 9 natively.
+    assert!(correct >= 8, "{correct} of 10 held-out images right");
+    assert_eq!(
+        report["description_after_reset"], shipped["vit_description"],
+        "reset gives the shipped model back"
+    );
+    assert_same_top(
+        &top_of(&report["zip_upload"]["top"]),
+        &top_of(&held_out[0]["top"]),
+        "the zip loaded back into the page",
+    );
+
     assert!(
         Path::new(report["screenshot"].as_str().unwrap_or_default()).is_file(),
         "no screenshot"

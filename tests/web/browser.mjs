@@ -31,11 +31,12 @@ export async function openPage(browser, url, log) {
   return page;
 }
 
-/// Waits for the five predictions of a new image and reads them.
-export async function readPredictions(page) {
+/// Waits for the `count` predictions of a new image (five, or as many classes as a
+/// taught model has) and reads them.
+export async function readPredictions(page, count = 5) {
   await page.waitForFunction(
-    () => document.querySelectorAll('ol[data-testid="predictions"] li').length === 5,
-    null,
+    (count) => document.querySelectorAll('ol[data-testid="predictions"] li').length === count,
+    count,
     { timeout: 600_000 },
   );
   return page.evaluate(() => ({
@@ -47,9 +48,10 @@ export async function readPredictions(page) {
   }));
 }
 
-export async function upload(page, file) {
+export async function upload(page, file, count = 5) {
+  // The image input is the page's first file input (the teaching panel's come later).
   await page.setInputFiles('input[type=file]', file);
-  return readPredictions(page);
+  return readPredictions(page, count);
 }
 
 /// Drops a file on the page as a drag from the desktop would.

@@ -1,12 +1,12 @@
 // End-to-end run of the browser app, called by tests/tests/web_e2e.rs:
-//   node e2e.mjs DIST_DIR IMAGE.jpg TEXT_FILE OUT_DIR
+//   node e2e.mjs DIST_DIR IMAGE.jpg TEXT_FILE OUT_DIR SAMPLE_DIR
 // Prints one JSON object with what the page showed; the Rust test checks it.
 import fs from 'node:fs';
 import path from 'node:path';
 import { serve } from './serve.mjs';
 import { launch, openPage, upload, drop } from './browser.mjs';
 
-const [distDir, imagePath, textPath, outDir] = process.argv.slice(2);
+const [distDir, imagePath, textPath, outDir, sampleDir] = process.argv.slice(2);
 const PREFIX = '/vit-demo/';
 const log = [];
 const { server, url } = await serve(distDir, PREFIX);
@@ -51,6 +51,61 @@ try {
     () => document.querySelector('[data-testid="model-status"]')?.textContent === 'ready',
   );
   report.status_after_bad_model = await page.textContent('[data-testid="model-status"]');
+
+  // Teach two classes from five real CIFAR-10 test images each (0000-0004).
+  const sample = (name, index) => path.join(sampleDir, name, `${String(index).padStart(4, '0')}.jpg`);
+  const taught = ['ship', 'frog'];
+  for (const name of taught) {
+    await page.fill('[data-testid="teach-class-name"]', name);
+    await page.click('[data-testid="teach-add-class"]');
+  }
+  for (const [index, name] of taught.entries()) {
+    await page.locator('[data-testid="teach-files"]').nth(index)
+      .setInputFiles([0, 1, 2, 3, 4].map((i) => sample(name, i)));
+  }
+  const started = Date.now();
+  await page.click('[data-testid="teach-train"]');
+  await page.waitForFunction(
+    () => ['trained', 'failed'].includes(document.querySelector('[data-testid="teach-status"]')?.textContent),
+    null,
+    { timeout: 300_000 },
+  );
+  report.teach_ms = Date.now() - started;
+  report.teach_status = await page.textContent('[data-testid="teach-status"]');
+  report.teach_accuracy = await page.textContent('[data-testid="teach-accuracy"]');
+  report.taught_description = await page.textContent('[data-testid="model-description"]');
+  // Ten other images of the two classes (0005-0009), through the page's image input.
+  report.held_out = [];
+  for (const name of taught) {
+    for (const index of [5, 6, 7, 8, 9]) {
+      const image = sample(name, index);
+      report.held_out.push({ class: name, image, ...(await upload(page, image, 2)) });
+    }
+  }
+  await page.screenshot({ path: path.join(outDir, 'page-taught.png'), fullPage: true });
+  const [download] = await Promise.all([
+    page.waitForEvent('download'),
+    page.click('[data-testid="teach-export"]'),
+  ]);
+  report.export_name = download.suggestedFilename();
+  report.export = path.join(outDir, report.export_name);
+  await download.saveAs(report.export);
+
+  // Back to the shipped model, then the downloaded zip through "load your own model".
+  await page.click('[data-testid="teach-reset"]');
+  await page.waitForSelector('[data-testid="model-accuracy"]', { timeout: 60_000 });
+  report.description_after_reset = await page.textContent('[data-testid="model-description"]');
+  const [zipChooser] = await Promise.all([
+    page.waitForEvent('filechooser'),
+    page.click('text=Load your own model'),
+  ]);
+  await zipChooser.setFiles([report.export]);
+  await page.waitForFunction(
+    () => document.querySelector('[data-testid="model-description"]')?.textContent.includes('taught in the page'),
+    null,
+    { timeout: 60_000 },
+  );
+  report.zip_upload = await upload(page, sample('ship', 5), 2);
 } catch (error) {
   report.failure = String(error?.stack ?? error);
 } finally {

@@ -33,9 +33,122 @@ struct State {
     backend: RwSignal<String>,
     /// The shipped model's card, once fetched (the page works without it).
     card: RwSignal<Option<display::ModelCard>>,
+    teach: Teach,
     /// Only the answer to the latest image is shown.
     latest_request: RwSignal<u64>,
     dragging: RwSignal<bool>,
+}
+
+/// The teaching panel's state.
+#[derive(Clone, Copy)]
+struct Teach {
+    /// The name typed for the next class.
+    name: RwSignal<String>,
+    /// The classes, in the order added, with their images (`File`s live on this thread).
+    classes: RwSignal<Vec<(String, Vec<File>)>, LocalStorage>,
+    status: RwSignal<TeachStatus>,
+    /// Leave-one-image-out accuracy of the taught model.
+    accuracy: RwSignal<Option<f64>>,
+    /// The latest teaching request; answers to older ones are ignored.
+    request: RwSignal<u64>,
+    /// Whether a taught model classifies now (it can then be exported).
+    taught: RwSignal<bool>,
+    error: RwSignal<Option<String>>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+enum TeachStatus {
+    Idle,
+    Training { done: usize, total: usize },
+    Trained,
+    Failed,
+}
+
+impl Teach {
+    fn new() -> Self {
+        Self {
+            name: RwSignal::new(String::new()),
+            classes: RwSignal::new_local(Vec::new()),
+            status: RwSignal::new(TeachStatus::Idle),
+            accuracy: RwSignal::new(None),
+            request: RwSignal::new(0),
+            taught: RwSignal::new(false),
+            error: RwSignal::new(None),
+        }
+    }
+
+    /// The word tests wait for: `trained` once the taught model classifies.
+    fn status_text(self) -> String {
+        match self.status.get() {
+            TeachStatus::Idle => "not trained".to_owned(),
+            TeachStatus::Training { done, total } => format!("training ({done} of {total})"),
+            TeachStatus::Trained => "trained".to_owned(),
+            TeachStatus::Failed => "failed".to_owned(),
+        }
+    }
+
+    fn add_class(self) {
+        let name = self.name.get_untracked().trim().to_owned();
+        if name.is_empty() {
+            self.error
+                .set(Some("Type a name for the class first.".to_owned()));
+            return;
+        }
+        if self
+            .classes
+            .with_untracked(|classes| classes.iter().any(|(existing, _)| *existing == name))
+        {
+            self.error
+                .set(Some(format!("There is already a class `{name}`.")));
+            return;
+        }
+        self.error.set(None);
+        self.classes
+            .update(|classes| classes.push((name, Vec::new())));
+        self.name.set(String::new());
+    }
+
+    fn train(self) {
+        let classes = self.classes.get_untracked();
+        let request_id = self.request.get_untracked() + 1;
+        self.request.set(request_id);
+        self.error.set(None);
+        self.status.set(TeachStatus::Training { done: 0, total: 0 });
+        spawn_local(async move {
+            let mut payloads = Vec::new();
+            for (_, files) in &classes {
+                for file in files {
+                    match browser::read_blob(file).await {
+                        Ok(bytes) => payloads.push(bytes),
+                        Err(error) => return self.fail(request_id, error.to_string()),
+                    }
+                }
+            }
+            let request = Request::Teach {
+                request_id,
+                counts: classes.iter().map(|(_, files)| files.len()).collect(),
+                classes: classes.into_iter().map(|(name, _)| name).collect(),
+            };
+            worker_client::send(&request, &payloads);
+        });
+    }
+
+    fn fail(self, request_id: u64, message: String) {
+        if request_id == self.request.get_untracked() {
+            self.status.set(TeachStatus::Failed);
+            self.error.set(Some(format!("Cannot teach: {message}.")));
+        }
+    }
+
+    fn reset(self) {
+        // Answers to a lesson still running are ignored from now on.
+        self.request.update(|id| *id += 1);
+        self.status.set(TeachStatus::Idle);
+        self.accuracy.set(None);
+        self.taught.set(false);
+        self.error.set(None);
+        worker_client::send(&Request::ResetModel, &[]);
+    }
 }
 
 impl State {
@@ -51,6 +164,7 @@ impl State {
             show_attention: RwSignal::new(true),
             backend: RwSignal::new(crate::BACKEND.to_owned()),
             card: RwSignal::new(None),
+            teach: Teach::new(),
             latest_request: RwSignal::new(0),
             dragging: RwSignal::new(false),
         }
@@ -71,7 +185,7 @@ impl State {
 
     fn on_worker_event(self, event: Event) {
         match event {
-            Event::Response(response) => self.on_response(response),
+            Event::Response(response, payload) => self.on_response(response, payload),
             Event::Crashed(message) => {
                 self.error.set(Some(format!(
                     "The inference worker stopped ({message}). Reload the page to try again."
@@ -83,8 +197,47 @@ impl State {
         }
     }
 
-    fn on_response(self, response: Response) {
+    fn on_response(self, response: Response, payload: Option<ArrayBuffer>) {
+        let teach = self.teach;
+        let current = |request_id: u64| request_id == teach.request.get_untracked();
         match response {
+            Response::TeachProgress {
+                request_id,
+                done,
+                total,
+            } if current(request_id) => teach.status.set(TeachStatus::Training { done, total }),
+            Response::Taught {
+                request_id,
+                accuracy,
+                model,
+            } if current(request_id) => {
+                self.model.set(Some(model));
+                teach.accuracy.set(Some(accuracy));
+                teach.taught.set(true);
+                teach.status.set(TeachStatus::Trained);
+            }
+            Response::TeachFailed {
+                request_id,
+                message,
+            } => teach.fail(request_id, message),
+            Response::TeachProgress { .. } | Response::Taught { .. } => {}
+            Response::Exported { file_name } => {
+                let saved = payload
+                    .ok_or_else(|| "the worker sent no file".to_owned())
+                    .and_then(|bytes| {
+                        browser::save_file(&file_name, &bytes).map_err(|error| error.to_string())
+                    });
+                if let Err(message) = saved {
+                    teach
+                        .error
+                        .set(Some(format!("Cannot download the model: {message}.")));
+                }
+            }
+            Response::ExportFailed { message } => {
+                teach
+                    .error
+                    .set(Some(format!("Cannot export the taught model: {message}.")));
+            }
             Response::Started { backend } => self.backend.set(backend),
             Response::ModelLoaded { model } => {
                 self.model.set(Some(model));
@@ -182,7 +335,12 @@ impl State {
             let name = file.name().to_ascii_lowercase();
             name.ends_with(".safetensors") || name.ends_with(".json")
         };
-        if files.iter().any(is_model_file) {
+        let zip = files
+            .iter()
+            .find(|file| file.name().to_ascii_lowercase().ends_with(".zip"));
+        if let Some(zip) = zip {
+            self.load_zipped_model(zip.clone());
+        } else if files.iter().any(is_model_file) {
             self.load_user_model(files);
         } else if let Some(file) = files.into_iter().next() {
             self.classify_blob(file.into());
@@ -238,6 +396,24 @@ impl State {
                 &js_sys::Uint8Array::new(&bytes).to_vec(),
             ));
         }
+    }
+
+    /// A zip of an export, such as a taught model downloaded from this page.
+    fn load_zipped_model(self, zip: File) {
+        self.error.set(None);
+        self.model_loading.set(true);
+        spawn_local(async move {
+            match browser::read_blob(&zip).await {
+                Ok(bytes) => {
+                    let source = format!("your model ({})", zip.name());
+                    worker_client::send(&Request::LoadZip { source }, &[bytes]);
+                }
+                Err(error) => {
+                    self.model_loading.set(false);
+                    self.error.set(Some(error.to_string()));
+                }
+            }
+        });
     }
 
     async fn load_shipped_model(self) {
@@ -414,7 +590,7 @@ fn ModelPanel(state: State) -> impl IntoView {
                 {move || state.model.get().and_then(|model| model.description)}
             </p>
             <button type="button" on:click=move |_| pick_model_files(state)>
-                "Load your own model (config.json + model.safetensors)"
+                "Load your own model (config.json + model.safetensors, or a .zip of them)"
             </button>
         </section>
     }
@@ -537,6 +713,109 @@ fn ResultPanel(state: State) -> impl IntoView {
 }
 
 #[component]
+fn TeachPanel(state: State) -> impl IntoView {
+    let teach = state.teach;
+    let classes = move || {
+        teach.classes.with(|classes| {
+            classes
+                .iter()
+                .enumerate()
+                .map(|(index, (name, files))| {
+                    let on_change = move |event: ev::Event| {
+                        let files = file_list(
+                            event
+                                .target()
+                                .and_then(|target| target.dyn_into::<HtmlInputElement>().ok())
+                                .and_then(|input| input.files()),
+                        );
+                        teach.classes.update(|classes| classes[index].1 = files);
+                    };
+                    view! {
+                        <li>
+                            <span class="class-name">{name.clone()}</span>
+                            <input
+                                type="file"
+                                multiple
+                                accept="image/*"
+                                aria-label=format!("Images of {name}")
+                                data-testid="teach-files"
+                                on:change=on_change
+                            />
+                            <span>{format!("{} images", files.len())}</span>
+                        </li>
+                    }
+                })
+                .collect_view()
+        })
+    };
+    let can_train = move || {
+        teach.classes.with(|classes| {
+            classes.len() >= 2 && classes.iter().all(|(_, files)| !files.is_empty())
+        }) && state.model.with(Option::is_some)
+    };
+    view! {
+        <section class="panel teach" aria-labelledby="teach-heading">
+            <h2 id="teach-heading">"Teach it new classes"</h2>
+            <p class="details">
+                "Name two or more classes and give each a few images (five are enough). "
+                "A new head is trained on the model's features here, in your browser."
+            </p>
+            <form class="teach-add" on:submit=move |event: ev::SubmitEvent| {
+                event.prevent_default();
+                teach.add_class();
+            }>
+                <input
+                    type="text"
+                    placeholder="class name"
+                    aria-label="Class name"
+                    data-testid="teach-class-name"
+                    prop:value=move || teach.name.get()
+                    on:input=move |event| teach.name.set(event_target_value(&event))
+                />
+                <button type="submit" data-testid="teach-add-class">"Add class"</button>
+            </form>
+            <ol class="teach-classes">{classes}</ol>
+            <p>
+                <button
+                    type="button"
+                    data-testid="teach-train"
+                    disabled=move || !can_train()
+                    on:click=move |_| teach.train()
+                >
+                    "Train"
+                </button>
+                " Status: "
+                <strong data-testid="teach-status">{move || teach.status_text()}</strong>
+            </p>
+            {move || teach.accuracy.get().map(|accuracy| view! {
+                <p>
+                    "Leave-one-image-out accuracy: "
+                    <strong data-testid="teach-accuracy">{format!("{accuracy:.2}")}</strong>
+                    {format!(" ({:.0}% of the taught images, each classified by a head trained without it)", accuracy * 100.0)}
+                </p>
+            })}
+            {move || teach.error.get().map(|message| view! {
+                <p class="error" role="alert">{message}</p>
+            })}
+            <p>
+                <button
+                    type="button"
+                    data-testid="teach-export"
+                    disabled=move || !teach.taught.get()
+                    on:click=move |_| worker_client::send(&Request::ExportTaught, &[])
+                >
+                    "Download the taught model (.zip)"
+                </button>
+                " "
+                <button type="button" data-testid="teach-reset" on:click=move |_| teach.reset()>
+                    "Back to the original model"
+                </button>
+            </p>
+        </section>
+    }
+}
+
+#[component]
 fn App() -> impl IntoView {
     let state = State::new();
     if let Err(error) = worker_client::start(crate::WORKER_SCRIPT_URL, move |event| {
@@ -554,7 +833,7 @@ fn App() -> impl IntoView {
             <header>
                 <h1>"Vision Transformer in your browser"</h1>
                 <p class="subtitle">
-                    "Classifies images into the 10 CIFAR-10 classes with a ViT running locally in WebAssembly; nothing is uploaded."
+                    "Classifies images into the 10 CIFAR-10 classes, or into classes you teach it, with a ViT running locally in WebAssembly; nothing is uploaded."
                 </p>
             </header>
             {move || state.error.get().map(|message| view! {
@@ -564,6 +843,7 @@ fn App() -> impl IntoView {
                 <div class="column">
                     <ImagePanel state />
                     <ModelPanel state />
+                    <TeachPanel state />
                 </div>
                 <ResultPanel state />
             </div>

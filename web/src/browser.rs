@@ -113,3 +113,22 @@ pub fn revoke_url(url: &str) {
         let _ = web_sys::Url::revoke_object_url(url);
     }
 }
+
+/// Offers `bytes` to the user as a download named `name`.
+pub fn save_file(name: &str, bytes: &ArrayBuffer) -> Result<(), BrowserError> {
+    let fail = |error: JsValue| BrowserError::Read(describe(&error));
+    let parts = js_sys::Array::of1(bytes);
+    let blob = Blob::new_with_buffer_source_sequence(&parts).map_err(fail)?;
+    let url = web_sys::Url::create_object_url_with_blob(&blob).map_err(fail)?;
+    let document = window()
+        .document()
+        .ok_or_else(|| BrowserError::Read("no document".to_owned()))?;
+    let link: web_sys::HtmlAnchorElement =
+        document.create_element("a").map_err(fail)?.unchecked_into();
+    link.set_href(&url);
+    link.set_download(name);
+    link.click();
+    // The download has its own reference to the blob by now.
+    let _ = web_sys::Url::revoke_object_url(&url);
+    Ok(())
+}

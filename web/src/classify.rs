@@ -9,6 +9,7 @@ use vit::{Checkpoint, CheckpointError, ViTConfig, VisionTransformer};
 use crate::image_input::{self, InputError};
 use crate::protocol::{ModelInfo, Prediction};
 use crate::rollout::{self, LayerAttention, RolloutError};
+use crate::teach::Head;
 
 /// Classes listed per image.
 pub const TOP_K: usize = 5;
@@ -63,6 +64,12 @@ impl LoadedModel {
         Self::from_checkpoint(checkpoint, source, device)
     }
 
+    /// Builds the model from a zip of the export format's files.
+    pub fn from_zip(zip: &[u8], source: &str, device: &Device) -> Result<Self, ModelError> {
+        let checkpoint = vit::checkpoint::export_zip::read_bytes(zip)?;
+        Self::from_checkpoint(checkpoint, source, device)
+    }
+
     /// Builds the model, moving the checkpoint's weights into it (the browser's
     /// 32-bit heap holds one copy, not two).
     pub fn from_checkpoint(
@@ -86,6 +93,43 @@ impl LoadedModel {
 
     pub fn config(&self) -> &ViTConfig {
         self.model.config()
+    }
+
+    pub fn model(&self) -> &VisionTransformer {
+        &self.model
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// This model with `head` for the taught `labels`: the classifier teaching made.
+    pub fn taught(&self, head: &Head, labels: Vec<String>) -> Self {
+        let description = format!(
+            "{} classes taught in the page ({}) on the features of {}",
+            labels.len(),
+            labels.join(", "),
+            self.description.as_deref().unwrap_or(&self.source)
+        );
+        Self {
+            model: head.install(self.model.clone(), &self.device),
+            source: format!("taught model ({})", labels.join(", ")),
+            labels,
+            device: self.device.clone(),
+            description: Some(description),
+        }
+    }
+
+    /// The model as a zip of its export (config.json with the labels,
+    /// model.safetensors, preprocessor_config.json), which `trainer predict` and
+    /// "load your own model" read.
+    pub fn export_zip(&self) -> Result<Vec<u8>, ModelError> {
+        let mut checkpoint = Checkpoint::from_model(&self.model, Some(self.labels.clone()));
+        checkpoint.description = self.description.clone();
+        Ok(vit::checkpoint::export_zip::write(
+            &checkpoint,
+            vit::SaveOptions::default(),
+        )?)
     }
 
     pub fn info(&self) -> ModelInfo {
@@ -235,6 +279,41 @@ mod tests {
             loaded.info().description.as_deref(),
             Some("a tiny test model")
         );
+    }
+
+    #[test]
+    fn a_taught_model_exports_a_zip_that_classifies_as_in_the_page() {
+        let (config, weights) = tiny_export();
+        let device = Device::flex();
+        let loaded = LoadedModel::from_export(&config, &weights, "test", &device).unwrap();
+        let head = Head {
+            weight: (0..16).map(|i| (i as f32 * 0.7).sin()).collect(),
+            bias: vec![0.1, -0.1],
+            dim: 8,
+            classes: 2,
+        };
+        let taught = loaded.taught(&head, vec!["ship".into(), "frog".into()]);
+        assert_eq!(taught.info().num_classes, 2);
+        assert!(taught.info().source.contains("ship, frog"));
+        let in_page = taught.classify(&png()).unwrap();
+        let zipped = taught.export_zip().unwrap();
+        let reloaded = LoadedModel::from_zip(&zipped, "zip", &device).unwrap();
+        let from_zip = reloaded.classify(&png()).unwrap();
+        assert_eq!(from_zip.top.len(), 2);
+        for (a, b) in in_page.top.iter().zip(&from_zip.top) {
+            assert_eq!(a.label, b.label);
+            assert!((a.probability - b.probability).abs() < 1e-6);
+        }
+        // The features were the original model's: the taught head sees them.
+        let representation = crate::teach::features(
+            loaded.model(),
+            &[image_input::to_model_input(&png(), 8, &loaded.config().normalization).unwrap()],
+            &device,
+        )
+        .unwrap();
+        let probabilities = prediction::softmax(&head.logits(&representation));
+        let ship = in_page.top.iter().find(|p| p.label == "ship").unwrap();
+        assert!((ship.probability - probabilities[0]).abs() < 1e-5);
     }
 
     #[test]

@@ -8,7 +8,7 @@
 use std::io::Cursor;
 
 use image::ImageReader;
-use vit::preprocess::{self, ModelInput, Normalization, PreprocessError};
+use vit::preprocess::{self, ModelInput, Normalization, PreprocessError, RgbImage};
 
 /// Largest file the page reads (bytes).
 pub const MAX_FILE_BYTES: usize = 64 << 20;
@@ -67,6 +67,15 @@ pub fn to_model_input(
     image_size: usize,
     normalization: &Normalization,
 ) -> Result<ModelInput, InputError> {
+    Ok(preprocess::preprocess_rgb(
+        &to_rgb(bytes)?,
+        image_size,
+        normalization,
+    ))
+}
+
+/// The decoded image, after the same checks.
+pub fn to_rgb(bytes: &[u8]) -> Result<RgbImage, InputError> {
     let (width, height) = header_dimensions(bytes)?;
     let pixels = u64::from(width) * u64::from(height);
     if pixels > MAX_PIXELS {
@@ -76,7 +85,7 @@ pub fn to_model_input(
             megapixels: pixels as f64 / 1e6,
         });
     }
-    Ok(preprocess::preprocess(bytes, image_size, normalization)?)
+    Ok(preprocess::decode_rgb(bytes)?)
 }
 
 #[cfg(test)]

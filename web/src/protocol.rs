@@ -12,8 +12,21 @@ use serde::{Deserialize, Serialize};
 pub enum Request {
     /// Payloads: config.json, model.safetensors.
     LoadModel { source: String },
+    /// Payload: a zip of those (the page's "download the taught model").
+    LoadZip { source: String },
     /// Payload: the image file.
     Classify { request_id: u64 },
+    /// Payloads: the images of each class in turn, `counts[i]` of class `classes[i]`.
+    /// Trains a new head on the loaded model's features; a newer request cancels it.
+    Teach {
+        request_id: u64,
+        classes: Vec<String>,
+        counts: Vec<usize>,
+    },
+    /// Back to the loaded model (cancels teaching).
+    ResetModel,
+    /// The taught model as a zip (config.json, model.safetensors, preprocessor_config.json).
+    ExportTaught,
 }
 
 /// Worker → page.
@@ -38,6 +51,30 @@ pub enum Response {
     },
     ClassifyFailed {
         request_id: u64,
+        message: String,
+    },
+    /// Teaching is under way: `done` of `total` units of work.
+    TeachProgress {
+        request_id: u64,
+        done: usize,
+        total: usize,
+    },
+    /// The taught model now classifies. `accuracy`: leave-one-image-out accuracy on the
+    /// taught images.
+    Taught {
+        request_id: u64,
+        accuracy: f64,
+        model: ModelInfo,
+    },
+    TeachFailed {
+        request_id: u64,
+        message: String,
+    },
+    /// Payload: the zip.
+    Exported {
+        file_name: String,
+    },
+    ExportFailed {
         message: String,
     },
 }

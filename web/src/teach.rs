@@ -35,15 +35,163 @@ impl Default for TeachOptions {
     }
 }
 
-/// Why teaching could not start.
+/// Why teaching could not start or finish.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum TeachError {
     #[error("teach at least two classes")]
     TooFewClasses,
     #[error("class `{0}` has no images")]
     EmptyClass(String),
+    #[error("two classes are named `{0}`")]
+    DuplicateClass(String),
+    #[error("image {index} of class `{class}`: {message}")]
+    Image {
+        class: String,
+        index: usize,
+        message: String,
+    },
     #[error("cannot read the model output: {0}")]
     Backend(String),
+}
+
+/// Leave-one-out trains one more head per taught image; beyond this many images it
+/// leaves out an evenly spread sample of them.
+pub const MAX_LEFT_OUT: usize = 20;
+
+/// One teaching job, done in small units so that the worker can report progress and
+/// yield between them (a newer request then cancels this one): the features of 16
+/// images at a time, then the head, then one left-out image at a time.
+pub struct Lesson {
+    classes: Vec<String>,
+    inputs: Vec<ModelInput>,
+    targets: Vec<usize>,
+    /// The taught image each input is a variant of.
+    groups: Vec<usize>,
+    /// The first input of each taught image (the image itself).
+    firsts: Vec<usize>,
+    features: Vec<f32>,
+    dim: usize,
+    options: TeachOptions,
+    head: Option<Head>,
+    left_out: Vec<usize>,
+    next_left_out: usize,
+    correct: usize,
+}
+
+impl Lesson {
+    /// `images[c]` are the files of class `classes[c]`; `model` is the one taught.
+    pub fn new(
+        model: &VisionTransformer,
+        classes: Vec<String>,
+        images: &[Vec<Vec<u8>>],
+        options: TeachOptions,
+    ) -> Result<Self, TeachError> {
+        if classes.len() < 2 {
+            return Err(TeachError::TooFewClasses);
+        }
+        for (index, class) in classes.iter().enumerate() {
+            if classes[..index].contains(class) {
+                return Err(TeachError::DuplicateClass(class.clone()));
+            }
+        }
+        let config = model.config();
+        let (mut inputs, mut targets, mut groups, mut firsts) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for (target, (class, files)) in classes.iter().zip(images).enumerate() {
+            if files.is_empty() {
+                return Err(TeachError::EmptyClass(class.clone()));
+            }
+            for (index, bytes) in files.iter().enumerate() {
+                let image =
+                    crate::image_input::to_rgb(bytes).map_err(|error| TeachError::Image {
+                        class: class.clone(),
+                        index: index + 1,
+                        message: error.to_string(),
+                    })?;
+                firsts.push(inputs.len());
+                for variant in variants(&image, config.image_size, &config.normalization) {
+                    inputs.push(variant);
+                    targets.push(target);
+                    groups.push(firsts.len() - 1);
+                }
+            }
+        }
+        let count = firsts.len();
+        let left_out = (0..count.min(MAX_LEFT_OUT))
+            .map(|i| i * count / count.min(MAX_LEFT_OUT))
+            .collect();
+        Ok(Self {
+            classes,
+            inputs,
+            targets,
+            groups,
+            firsts,
+            features: Vec::new(),
+            dim: config.representation_width(),
+            options,
+            head: None,
+            left_out,
+            next_left_out: 0,
+            correct: 0,
+        })
+    }
+
+    fn feature_units(&self) -> usize {
+        self.inputs.len().div_ceil(16)
+    }
+
+    /// Units of work in all.
+    pub fn total(&self) -> usize {
+        self.feature_units() + 1 + self.left_out.len()
+    }
+
+    /// Units done.
+    pub fn done(&self) -> usize {
+        (self.features.len() / self.dim).div_ceil(16)
+            + usize::from(self.head.is_some())
+            + self.next_left_out
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.head.is_some() && self.next_left_out == self.left_out.len()
+    }
+
+    /// Does the next unit of work with `model` (the one the lesson was made for).
+    pub fn step(&mut self, model: &VisionTransformer, device: &Device) -> Result<(), TeachError> {
+        let computed = self.features.len() / self.dim;
+        if computed < self.inputs.len() {
+            let chunk = &self.inputs[computed..(computed + 16).min(self.inputs.len())];
+            self.features.extend(features(model, chunk, device)?);
+        } else if self.head.is_none() {
+            let (head, _) = train_head(
+                &self.features,
+                self.dim,
+                &self.targets,
+                self.classes.len(),
+                self.options,
+                device,
+            );
+            self.head = Some(head);
+        } else if let Some(&image) = self.left_out.get(self.next_left_out) {
+            let data = Taught {
+                features: &self.features,
+                dim: self.dim,
+                targets: &self.targets,
+                groups: &self.groups,
+                classes: self.classes.len(),
+            };
+            let correct = data.left_out_is_right(image, self.firsts[image], self.options, device);
+            self.correct += usize::from(correct);
+            self.next_left_out += 1;
+        }
+        Ok(())
+    }
+
+    /// The head on all taught images, its classes and its leave-one-out accuracy.
+    pub fn finish(self) -> Option<(Head, Vec<String>, f64)> {
+        let accuracy = self.correct as f64 / self.left_out.len().max(1) as f64;
+        self.head.map(|head| (head, self.classes, accuracy))
+    }
 }
 
 /// The variants each taught image is learned from: the image, mirrored, and the four
@@ -250,36 +398,37 @@ fn standardisation(features: &[f32], dim: usize) -> (Vec<f32>, Vec<f32>) {
     (mean, deviation)
 }
 
-/// Leave-one-image-out accuracy: for each taught image, a head trained on the others'
-/// variants classifies the image itself. `groups[i]` is the image row `i` came from.
-pub fn leave_one_out_accuracy(
-    features: &[f32],
+/// Feature rows of taught images, `[N, dim]`, with their classes and the image each
+/// row is a variant of.
+struct Taught<'a> {
+    features: &'a [f32],
     dim: usize,
-    targets: &[usize],
-    groups: &[usize],
+    targets: &'a [usize],
+    groups: &'a [usize],
     classes: usize,
-    options: TeachOptions,
-    device: &Device,
-) -> f64 {
-    let images = groups.iter().max().map_or(0, |last| last + 1);
-    let mut correct = 0;
-    for image in 0..images {
-        let kept: Vec<usize> = (0..targets.len()).filter(|&r| groups[r] != image).collect();
-        let Some(&first) = (0..targets.len()).find(|&r| groups[r] == image).as_ref() else {
-            continue;
-        };
+}
+
+impl Taught<'_> {
+    /// Whether a head trained on every other image's rows classifies `image` (its row
+    /// `first`, the unaltered image) right.
+    fn left_out_is_right(
+        &self,
+        image: usize,
+        first: usize,
+        options: TeachOptions,
+        device: &Device,
+    ) -> bool {
+        let kept: Vec<usize> = (0..self.targets.len())
+            .filter(|&row| self.groups[row] != image)
+            .collect();
         let rows: Vec<f32> = kept
             .iter()
-            .flat_map(|&r| features[r * dim..(r + 1) * dim].iter().copied())
+            .flat_map(|&row| self.features[row * self.dim..][..self.dim].iter().copied())
             .collect();
-        let kept_targets: Vec<usize> = kept.iter().map(|&r| targets[r]).collect();
-        let (head, _) = train_head(&rows, dim, &kept_targets, classes, options, device);
-        // The unaltered image is the first of its variants.
-        if head.predict(&features[first * dim..(first + 1) * dim]) == targets[first] {
-            correct += 1;
-        }
+        let targets: Vec<usize> = kept.iter().map(|&row| self.targets[row]).collect();
+        let (head, _) = train_head(&rows, self.dim, &targets, self.classes, options, device);
+        head.predict(&self.features[first * self.dim..][..self.dim]) == self.targets[first]
     }
-    correct as f64 / images.max(1) as f64
 }
 
 #[cfg(test)]
@@ -357,13 +506,23 @@ mod tests {
             ..TeachOptions::default()
         };
         let groups: Vec<usize> = (0..12).collect();
-        let learnable =
-            leave_one_out_accuracy(&features, 4, &targets, &groups, 2, options, &device);
-        assert_eq!(learnable, 1.0);
+        let accuracy = |targets: &[usize]| {
+            let data = Taught {
+                features: &features,
+                dim: 4,
+                targets,
+                groups: &groups,
+                classes: 2,
+            };
+            (0..12)
+                .filter(|&image| data.left_out_is_right(image, image, options, &device))
+                .count() as f64
+                / 12.0
+        };
+        assert_eq!(accuracy(&targets), 1.0);
         // Labels that alternate within each cluster cannot be predicted from the rest.
         let scrambled: Vec<usize> = (0..12).map(|i| (i / 2) % 2).collect();
-        let random = leave_one_out_accuracy(&features, 4, &scrambled, &groups, 2, options, &device);
-        assert!(random < 0.75, "{random}");
+        assert!(accuracy(&scrambled) < 0.75);
     }
 
     #[test]
@@ -408,46 +567,38 @@ mod shipped_model_tests {
         let model = checkpoint.into_model(&device).unwrap();
         let size = model.config().image_size;
         let normalization = model.config().normalization;
-        let image = |class: &str, index: usize| {
-            let path = root.join(format!(
+        let read = |class: &str, index: usize| {
+            std::fs::read(root.join(format!(
                 "tests/data/cifar10-sample/test/{class}/{index:04}.jpg"
-            ));
-            vit::preprocess::decode_rgb(&std::fs::read(path).unwrap()).unwrap()
+            )))
+            .unwrap()
         };
-        let (mut inputs, mut targets, mut groups) = (Vec::new(), Vec::new(), Vec::new());
-        for (class, name) in ["ship", "frog"].into_iter().enumerate() {
-            for index in 0..5 {
-                for variant in variants(&image(name, index), size, &normalization) {
-                    inputs.push(variant);
-                    targets.push(class);
-                    groups.push(groups.len() / 6);
-                }
-            }
-        }
-        let dim = model.config().representation_width();
+        let classes = vec!["ship".to_string(), "frog".to_string()];
+        let images: Vec<Vec<Vec<u8>>> = classes
+            .iter()
+            .map(|class| (0..5).map(|index| read(class, index)).collect())
+            .collect();
         let started = std::time::Instant::now();
-        let taught_features = features(&model, &inputs, &device).unwrap();
-        let options = TeachOptions::default();
-        let (head, _) = train_head(&taught_features, dim, &targets, 2, options, &device);
+        let mut lesson = Lesson::new(&model, classes, &images, TeachOptions::default()).unwrap();
+        let total = lesson.total();
+        assert_eq!(total, 60usize.div_ceil(16) + 1 + 10);
+        while !lesson.is_finished() {
+            let before = lesson.done();
+            lesson.step(&model, &device).unwrap();
+            assert_eq!(lesson.done(), before + 1);
+        }
+        assert_eq!(lesson.done(), total);
+        let (head, _, held_out) = lesson.finish().unwrap();
         let taught = started.elapsed();
         let mut correct = 0;
         for (class, name) in ["ship", "frog"].into_iter().enumerate() {
             for index in 5..10 {
                 let input =
-                    vit::preprocess::preprocess_rgb(&image(name, index), size, &normalization);
+                    vit::preprocess::preprocess(&read(name, index), size, &normalization).unwrap();
                 let row = features(&model, &[input], &device).unwrap();
                 correct += usize::from(head.predict(&row) == class);
             }
         }
-        let held_out = leave_one_out_accuracy(
-            &taught_features,
-            dim,
-            &targets,
-            &groups,
-            2,
-            options,
-            &device,
-        );
         eprintln!("taught in {taught:?}; held-out {correct}/10; leave-one-out {held_out}");
         assert!(correct >= 8, "{correct}/10");
     }

@@ -12,7 +12,8 @@ use crate::protocol::{self, Request, Response};
 
 /// What the worker told the page.
 pub enum Event {
-    Response(Response),
+    /// With the message's first payload, if it has one (an exported model).
+    Response(Response, Option<ArrayBuffer>),
     /// The worker failed to start or crashed (e.g. out of memory).
     Crashed(String),
 }
@@ -34,17 +35,15 @@ pub fn start(script_url: &str, on_event: impl Fn(Event) + 'static) -> Result<(),
     let on_event = std::rc::Rc::new(on_event);
     let handler = on_event.clone();
     let on_message = Closure::<dyn FnMut(MessageEvent)>::new(move |event: MessageEvent| {
-        let header = event
-            .data()
-            .dyn_into::<Array>()
-            .ok()
-            .and_then(|m| m.get(0).as_string());
+        let message = event.data().dyn_into::<Array>().ok();
+        let header = message.as_ref().and_then(|m| m.get(0).as_string());
+        let payload = message.and_then(|m| m.get(1).dyn_into::<ArrayBuffer>().ok());
         match header.as_deref().map(protocol::decode::<Response>) {
             Some(Ok(response)) => {
                 if matches!(response, Response::Started { .. }) {
                     flush();
                 }
-                handler(Event::Response(response));
+                handler(Event::Response(response, payload));
             }
             _ => web_sys::console::error_1(&event.data()),
         }

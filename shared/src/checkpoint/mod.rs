@@ -5,6 +5,7 @@
 //! - Hugging Face folders, which are also our export format ([`hf`]),
 //! - timm safetensors ([`timm`]).
 
+pub mod export_zip;
 pub mod google;
 pub mod hf;
 pub mod npz;
@@ -18,7 +19,7 @@ pub mod weights;
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{BufReader, Cursor};
+use std::io::{BufReader, Cursor, Seek};
 use std::path::{Path, PathBuf};
 
 use burn::tensor::Device;
@@ -43,6 +44,8 @@ pub enum CheckpointError {
     UnknownFormat { path: PathBuf, message: String },
     #[error("invalid .npz checkpoint")]
     Npz(#[from] NpzError),
+    #[error("invalid zipped model: {0}")]
+    ExportZip(String),
     #[error("invalid safetensors data: {0}")]
     Safetensors(String),
     #[error("invalid config.json: {0}")]
@@ -124,9 +127,10 @@ pub const WEIGHTS_FILE: &str = "model.safetensors";
 /// How Hugging Face names the list of shards of a model saved in parts.
 pub const WEIGHTS_INDEX_FILE: &str = "model.safetensors.index.json";
 
-/// Reads a checkpoint: a Google `.npz`, a timm or HF `.safetensors` file, or a
-/// folder with `config.json` + `model.safetensors` (HF, or our export; the weights
-/// may be sharded, and `preprocessor_config.json` gives the normalisation).
+/// Reads a checkpoint: a Google `.npz`, a timm or HF `.safetensors` file, a folder
+/// with `config.json` + `model.safetensors` (HF, or our export; the weights may be
+/// sharded, and `preprocessor_config.json` gives the normalisation), or a zip of those
+/// files (the page's "download the taught model").
 ///
 /// Weights are read and converted one tensor at a time: the whole file is never in
 /// memory, only the parameters it holds. Files that do not record the normalisation
@@ -155,7 +159,16 @@ fn load_file(path: &Path, options: &LoadOptions) -> Result<Checkpoint, Checkpoin
     let mut magic = [0u8; 4];
     let head_len = std::io::Read::read(&mut &file, &mut magic).map_err(io)?;
     if head_len == 4 && magic == *b"PK\x03\x04" {
-        return from_npz(npz::NpzReader::open(BufReader::new(file))?);
+        // A zipped export (config.json inside) or a Google .npz.
+        let mut reader = BufReader::new(file);
+        reader.rewind().map_err(io)?;
+        if let Ok(archive) = zip::ZipArchive::new(&mut reader)
+            && export_zip::is_export(&archive)
+        {
+            return export_zip::read(archive);
+        }
+        reader.rewind().map_err(io)?;
+        return from_npz(npz::NpzReader::open(reader)?);
     }
     let source = FileSource::open(path).map_err(io)?;
     let tensors = Tensors::parse(&[&source]).map_err(|error| match error {
