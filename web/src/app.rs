@@ -140,13 +140,18 @@ impl Teach {
         }
     }
 
-    fn reset(self) {
-        // Answers to a lesson still running are ignored from now on.
+    /// Forgets what was taught, as the worker does when a model loads or on a reset;
+    /// answers to a lesson still running are ignored from now on.
+    fn abandon(self) {
         self.request.update(|id| *id += 1);
         self.status.set(TeachStatus::Idle);
         self.accuracy.set(None);
         self.taught.set(false);
         self.error.set(None);
+    }
+
+    fn reset(self) {
+        self.abandon();
         worker_client::send(&Request::ResetModel, &[]);
     }
 }
@@ -240,6 +245,8 @@ impl State {
             }
             Response::Started { backend } => self.backend.set(backend),
             Response::ModelLoaded { model } => {
+                // A new model (or the reset one) replaces the taught one in the worker.
+                teach.abandon();
                 self.model.set(Some(model));
                 self.model_loading.set(false);
             }
