@@ -99,9 +99,14 @@ fn fine_tunes_a_pretrained_model_on_real_images_and_exports_it() {
 
 /// The tiny recipe of these tests, with `data` and `workdir`.
 fn tiny_run(data: &Path, workdir: &Path) -> Command {
+    tiny_run_with(data, workdir, &["--batch", "6", "--accum-steps", "2"])
+}
+
+/// The same with its batch options (`--batch`, `--accum-steps`, `--device`) given.
+fn tiny_run_with(data: &Path, workdir: &Path, batch: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_trainer"));
     command
-        .args(["--batch", "6", "--accum-steps", "2"])
+        .args(batch)
         .args(["--resolution", "32", "--seed", "7", "--log-every", "1"])
         .arg("--pretrained")
         .arg(repo().join("tests/fixtures/google_token.npz"))
@@ -449,20 +454,10 @@ fn a_from_scratch_recipe_resumes_bit_for_bit() {
     assert!((first - 3f64.ln()).abs() < 1e-5, "{first}");
 }
 
-/// The tiny run without `--batch` and `--accum-steps`, which the data-parallel tests set.
+/// The tiny run of [`RECIPE`] on `device`, with its batch options.
 fn parallel_run(data: &Path, workdir: &Path, device: &str, batch: &[&str]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_trainer"));
-    command
-        .args(["--device", device])
-        .args(batch)
-        .args(["--resolution", "32", "--seed", "7", "--log-every", "1"])
-        .args(RECIPE)
-        .arg("--pretrained")
-        .arg(repo().join("tests/fixtures/google_token.npz"))
-        .arg("--dataset")
-        .arg(data)
-        .arg("--workdir")
-        .arg(workdir);
+    let mut command = tiny_run_with(data, workdir, batch);
+    command.args(["--device", device]).args(RECIPE);
     command
 }
 
