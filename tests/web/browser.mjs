@@ -2,19 +2,49 @@
 // end-to-end test and the benchmark share.
 import { chromium } from 'playwright-core';
 
-// The flags our machines need (running as root, no network, no GPU). Playwright
-// adds --headless and a fresh temporary --user-data-dir itself.
+// The flags our machines need (running as root, no network). Playwright adds
+// --headless and a fresh temporary --user-data-dir itself.
 const FLAGS = [
-  '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+  '--no-sandbox', '--disable-quic', '--no-first-run',
   '--disable-background-networking', '--disable-component-update', '--disable-sync',
 ];
+// WebGPU in headless Chromium on a machine without a GPU: SwiftShader, a CPU Vulkan
+// (right answers, no speed), on pages from 127.0.0.1 (a secure context).
+const WEBGPU = ['--enable-unsafe-webgpu', '--enable-features=Vulkan', '--use-vulkan=swiftshader'];
 
-export async function launch() {
+/// `webgpu: false` launches a browser without WebGPU, as many visitors' are.
+export async function launch({ webgpu = true } = {}) {
   return chromium.launch({
     executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
     headless: true,
-    args: FLAGS,
+    args: webgpu ? [...FLAGS, ...WEBGPU, ...(process.env.CHROMIUM_LOG ? ['--enable-logging=stderr', '--v=0'] : [])] : [...FLAGS, '--disable-gpu'],
   });
+}
+
+/// Waits until the page says which backend runs the model, once WebGPU has started or
+/// failed (`webgpu` or `wasm`), and returns it with the reason WebGPU is not used, if any.
+export async function settledBackend(page) {
+  await page.waitForFunction(
+    () => ['ready', 'unavailable'].includes(
+      document.querySelector('[data-testid="backend"]')?.dataset.webgpu,
+    ),
+    null,
+    { timeout: 120_000 },
+  );
+  return page.evaluate(() => ({
+    backend: document.querySelector('[data-testid="backend"]')?.textContent,
+    note: document.querySelector('[data-testid="webgpu-note"]')?.textContent ?? null,
+  }));
+}
+
+/// Switches the page to `backend` and waits until the worker runs on it.
+export async function chooseBackend(page, backend) {
+  await page.selectOption('[data-testid="backend-choice"]', backend);
+  await page.waitForFunction(
+    (backend) => document.querySelector('[data-testid="backend"]')?.textContent === backend,
+    backend,
+    { timeout: 60_000 },
+  );
 }
 
 export async function openPage(browser, url, log) {

@@ -4,16 +4,18 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { serve } from './serve.mjs';
-import { launch, openPage, upload, drop } from './browser.mjs';
+import { launch, openPage, upload, drop, settledBackend, chooseBackend } from './browser.mjs';
 
 const [distDir, imagePath, textPath, outDir, sampleDir] = process.argv.slice(2);
 const PREFIX = '/vit-demo/';
 const log = [];
 const { server, url } = await serve(distDir, PREFIX);
-const browser = await launch();
+let browser = await launch();
 const report = { url, log };
 try {
   const page = await openPage(browser, url, log);
+  // WebGPU (SwiftShader here) runs the model once it has started.
+  report.backend = await settledBackend(page);
   report.model_status = await page.textContent('[data-testid="model-status"]');
   report.model_description = await page.textContent('[data-testid="model-description"]');
   // The shipped model's measured accuracy, and its card one click away.
@@ -106,6 +108,18 @@ try {
     { timeout: 60_000 },
   );
   report.zip_upload = await upload(page, sample('ship', 5), 2);
+
+  // The visitor switches to the CPU: the same answers from wasm.
+  await chooseBackend(page, 'wasm');
+  report.switched_backend = await page.textContent('[data-testid="backend"]');
+  report.zip_upload_wasm = await upload(page, sample('ship', 5), 2);
+  await browser.close();
+
+  // A browser without WebGPU: the page says why and runs on wasm.
+  browser = await launch({ webgpu: false });
+  const plain = await openPage(browser, url, log);
+  report.no_webgpu_backend = await settledBackend(plain);
+  report.no_webgpu_upload = await upload(plain, imagePath);
 } catch (error) {
   report.failure = String(error?.stack ?? error);
 } finally {

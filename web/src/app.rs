@@ -14,7 +14,7 @@ use web_sys::{
 };
 
 use crate::browser::{self, BrowserError};
-use crate::protocol::{Classification, ModelInfo, Request, Response};
+use crate::protocol::{Backend, Classification, ModelInfo, Request, Response, WebGpu};
 use crate::worker_client::{self, Event};
 use crate::{display, heatmap, samples};
 
@@ -30,7 +30,9 @@ struct State {
     result: RwSignal<Option<Classification>>,
     image_url: RwSignal<Option<String>>,
     show_attention: RwSignal<bool>,
-    backend: RwSignal<String>,
+    /// What runs the model now, and where WebGPU stands (the worker says).
+    backend: RwSignal<Backend>,
+    webgpu: RwSignal<WebGpu>,
     /// The shipped model's card, once fetched (the page works without it).
     card: RwSignal<Option<display::ModelCard>>,
     teach: Teach,
@@ -167,7 +169,8 @@ impl State {
             result: RwSignal::new(None),
             image_url: RwSignal::new(None),
             show_attention: RwSignal::new(true),
-            backend: RwSignal::new(crate::BACKEND.to_owned()),
+            backend: RwSignal::new(Backend::Wasm),
+            webgpu: RwSignal::new(WebGpu::NotRequested),
             card: RwSignal::new(None),
             teach: Teach::new(),
             latest_request: RwSignal::new(0),
@@ -191,6 +194,23 @@ impl State {
     fn on_worker_event(self, event: Event) {
         match event {
             Event::Response(response, payload) => self.on_response(response, payload),
+            Event::Crashed(message) if self.backend.get_untracked() == Backend::Webgpu => {
+                // WebGPU took the worker down: a new one on the CPU, with the shipped model.
+                self.error.set(Some(format!(
+                    "WebGPU failed ({message}); the model now runs on the CPU. The shipped \
+                     model was loaded again."
+                )));
+                self.webgpu.set(WebGpu::Unavailable { reason: message });
+                self.backend.set(Backend::Wasm);
+                self.busy.set(false);
+                self.model.set(None);
+                self.teach.abandon();
+                self.model_loading.set(true);
+                spawn_local(async move {
+                    self.start_worker(Backend::Wasm).await;
+                    self.load_shipped_model().await;
+                });
+            }
             Event::Crashed(message) => {
                 self.error.set(Some(format!(
                     "The inference worker stopped ({message}). Reload the page to try again."
@@ -243,7 +263,11 @@ impl State {
                     .error
                     .set(Some(format!("Cannot export the taught model: {message}.")));
             }
-            Response::Started { backend } => self.backend.set(backend),
+            Response::Started => {}
+            Response::Backend { active, webgpu } => {
+                self.backend.set(active);
+                self.webgpu.set(webgpu);
+            }
             Response::ModelLoaded { model } => {
                 // A new model (or the reset one) replaces the taught one in the worker.
                 teach.abandon();
@@ -277,6 +301,22 @@ impl State {
                     self.busy.set(false);
                 }
             }
+        }
+    }
+
+    /// Starts the inference worker and asks it for `backend` (it starts on the CPU and
+    /// moves to WebGPU once that has started, if it can). The WebGPU worker (eight times
+    /// the CPU one's size) is loaded only where the browser gives us a GPU adapter.
+    async fn start_worker(self, backend: Backend) {
+        let script = match backend {
+            Backend::Webgpu if browser::has_webgpu().await => crate::GPU_WORKER_SCRIPT_URL,
+            _ => crate::WORKER_SCRIPT_URL,
+        };
+        match worker_client::start(script, move |event| self.on_worker_event(event)) {
+            Ok(()) => worker_client::send(&Request::SetBackend { backend }, &[]),
+            Err(error) => self
+                .error
+                .set(Some(format!("Cannot start the inference worker: {error}"))),
         }
     }
 
@@ -559,8 +599,9 @@ fn ModelPanel(state: State) -> impl IntoView {
             <h2 id="model-heading">"Model"</h2>
             <p aria-live="polite">
                 "Status: " <strong data-testid="model-status">{move || state.status_word()}</strong>
-                <span class="backend">" · runs on " {move || state.backend.get()}</span>
+                " · runs on " {move || state.backend.get().describe()}
             </p>
+            <BackendChoice state />
             {progress}
             <p class="details">
                 {details}
@@ -600,6 +641,52 @@ fn ModelPanel(state: State) -> impl IntoView {
                 "Load your own model (config.json + model.safetensors, or a .zip of them)"
             </button>
         </section>
+    }
+}
+
+/// Which backend runs the model (`data-testid="backend"`: `webgpu` or `wasm`), and a
+/// switch between them; WebGPU is offered only once it has started.
+#[component]
+fn BackendChoice(state: State) -> impl IntoView {
+    let on_change = move |event: ev::Event| {
+        let value = event_target_value(&event);
+        if let Some(backend) = Backend::parse(&value) {
+            worker_client::send(&Request::SetBackend { backend }, &[]);
+        }
+    };
+    let webgpu_label = move || match state.webgpu.get() {
+        WebGpu::Ready { adapter } => format!("GPU (WebGPU: {adapter})"),
+        WebGpu::Starting => "GPU (WebGPU, starting…)".to_owned(),
+        WebGpu::NotRequested => "GPU (WebGPU)".to_owned(),
+        WebGpu::Unavailable { .. } => "GPU (WebGPU: unavailable)".to_owned(),
+    };
+    let webgpu_ready = move || matches!(state.webgpu.get(), WebGpu::Ready { .. });
+    view! {
+        <p class="details backend">
+            <label for="backend-choice">"Backend: "</label>
+            <select
+                id="backend-choice"
+                data-testid="backend-choice"
+                on:change=on_change
+                prop:value=move || state.backend.get().name()
+            >
+                <option value="webgpu" disabled=move || !webgpu_ready()>{webgpu_label}</option>
+                <option value="wasm">"CPU (WebAssembly SIMD)"</option>
+            </select>
+            " "
+            <code
+                data-testid="backend"
+                data-webgpu=move || state.webgpu.get().state_name()
+            >
+                {move || state.backend.get().name()}
+            </code>
+            {move || match state.webgpu.get() {
+                WebGpu::Unavailable { reason } => Some(view! {
+                    <span class="hint" data-testid="webgpu-note">{format!(" · WebGPU: {reason}")}</span>
+                }),
+                _ => None,
+            }}
+        </p>
     }
 }
 
@@ -825,14 +912,13 @@ fn TeachPanel(state: State) -> impl IntoView {
 #[component]
 fn App() -> impl IntoView {
     let state = State::new();
-    if let Err(error) = worker_client::start(crate::WORKER_SCRIPT_URL, move |event| {
-        state.on_worker_event(event)
-    }) {
+    spawn_local(async move {
+        // The worker must exist before the model is sent to it.
         state
-            .error
-            .set(Some(format!("Cannot start the inference worker: {error}")));
-    }
-    spawn_local(state.load_shipped_model());
+            .start_worker(browser::requested_backend().unwrap_or(Backend::Webgpu))
+            .await;
+        state.load_shipped_model().await;
+    });
     spawn_local(state.load_shipped_card());
     listen_for_drops_and_pastes(state);
     view! {
@@ -840,7 +926,7 @@ fn App() -> impl IntoView {
             <header>
                 <h1>"Vision Transformer in your browser"</h1>
                 <p class="subtitle">
-                    "Classifies images into the 10 CIFAR-10 classes, or into classes you teach it, with a ViT running locally in WebAssembly; nothing is uploaded."
+                    "Classifies images into the 10 CIFAR-10 classes, or into classes you teach it, with a ViT running locally on your GPU (WebGPU) or in WebAssembly; nothing is uploaded."
                 </p>
             </header>
             {move || state.error.get().map(|message| view! {

@@ -29,6 +29,20 @@ pub fn window() -> web_sys::Window {
     web_sys::window().expect("the page runs in a browser window")
 }
 
+/// The backend the page's address asks for (`?backend=webgpu` or `?backend=wasm`), if any.
+pub fn requested_backend() -> Option<crate::protocol::Backend> {
+    let search = window().location().search().ok()?;
+    let parameters = web_sys::UrlSearchParams::new_with_str(&search).ok()?;
+    crate::protocol::Backend::parse(&parameters.get("backend")?)
+}
+
+/// Whether the browser gives this page a WebGPU adapter that burn can use.
+pub async fn has_webgpu() -> bool {
+    crate::gpu_probe::adapter(&window().navigator())
+        .await
+        .is_ok()
+}
+
 /// Downloads `url` (relative to the page's base URL), calling `on_progress`
 /// with (bytes received, total from Content-Length) after every chunk.
 pub async fn download(

@@ -1,6 +1,7 @@
 //! The worker's job, free of browser APIs so that it is tested natively:
 //! load a model in the export format, classify image bytes, roll out attention.
 
+use burn::module::Module;
 use burn::tensor::{Device, Tensor};
 use vit::checkpoint::ByteSource;
 use vit::prediction::{self, Ranked};
@@ -34,14 +35,22 @@ pub enum ClassifyError {
     Rollout(#[from] RolloutError),
 }
 
-/// A model ready to classify.
+/// A model ready to classify, with where it came from. It lives on the CPU (burn-flex),
+/// where teaching and export read it; [`Classifier::to_device`] copies it to a GPU.
 #[derive(Debug)]
 pub struct LoadedModel {
+    classifier: Classifier,
+    source: String,
+    description: Option<String>,
+}
+
+/// A model on the device that runs it, with its class names: what classifies an image.
+/// Cheap to clone (the weights are shared), so a classification in flight keeps its own.
+#[derive(Debug, Clone)]
+pub struct Classifier {
     model: VisionTransformer,
     labels: Vec<String>,
     device: Device,
-    source: String,
-    description: Option<String>,
 }
 
 /// Top classes and attention map of one image.
@@ -83,24 +92,30 @@ impl LoadedModel {
         let labels = checkpoint.label_names();
         let description = checkpoint.description.clone();
         Ok(Self {
-            model: checkpoint.into_model(device)?,
-            labels,
-            device: device.clone(),
+            classifier: Classifier {
+                model: checkpoint.into_model(device)?,
+                labels,
+                device: device.clone(),
+            },
             source: source.to_owned(),
             description,
         })
     }
 
     pub fn config(&self) -> &ViTConfig {
-        self.model.config()
+        self.classifier.model.config()
     }
 
     pub fn model(&self) -> &VisionTransformer {
-        &self.model
+        &self.classifier.model
     }
 
     pub fn device(&self) -> &Device {
-        &self.device
+        &self.classifier.device
+    }
+
+    pub fn classifier(&self) -> &Classifier {
+        &self.classifier
     }
 
     /// This model with `head` for the taught `labels`: the classifier teaching made.
@@ -111,11 +126,14 @@ impl LoadedModel {
             labels.join(", "),
             self.description.as_deref().unwrap_or(&self.source)
         );
+        let device = self.device().clone();
         Self {
-            model: head.install(self.model.clone(), &self.device),
+            classifier: Classifier {
+                model: head.install(self.model().clone(), &device),
+                labels: labels.clone(),
+                device,
+            },
             source: format!("taught model ({})", labels.join(", ")),
-            labels,
-            device: self.device.clone(),
             description: Some(description),
         }
     }
@@ -124,7 +142,8 @@ impl LoadedModel {
     /// model.safetensors, preprocessor_config.json), which `trainer predict` and
     /// "load your own model" read.
     pub fn export_zip(&self) -> Result<Vec<u8>, ModelError> {
-        let mut checkpoint = Checkpoint::from_model(&self.model, Some(self.labels.clone()));
+        let labels = self.classifier.labels.clone();
+        let mut checkpoint = Checkpoint::from_model(self.model(), Some(labels));
         checkpoint.description = self.description.clone();
         Ok(vit::checkpoint::export_zip::write(
             &checkpoint,
@@ -147,14 +166,37 @@ impl LoadedModel {
         }
     }
 
+    /// Classifies `image` on the CPU (see [`Classifier::classify`]).
+    pub async fn classify(&self, image: &[u8]) -> Result<Outcome, ClassifyError> {
+        self.classifier.classify(image).await
+    }
+}
+
+impl Classifier {
+    /// The same model and classes on `device`: the weights are copied there.
+    pub fn to_device(&self, device: &Device) -> Self {
+        Self {
+            model: self.model.clone().to_device(device),
+            labels: self.labels.clone(),
+            device: device.clone(),
+        }
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
     /// Decodes and preprocesses `image` as `trainer predict` does, runs the
     /// model, and returns the top classes and the class-token rollout.
-    pub fn classify(&self, image: &[u8]) -> Result<Outcome, ClassifyError> {
-        let config = self.config();
+    ///
+    /// Asynchronous because a GPU's results can only be read back so in the browser;
+    /// on the CPU it never waits.
+    pub async fn classify(&self, image: &[u8]) -> Result<Outcome, ClassifyError> {
+        let config = self.model.config();
         let input = image_input::to_model_input(image, config.image_size, &config.normalization)?;
         let batch = prediction::batch(&[input], &self.device);
         let output = self.model.forward_with_attention(batch);
-        let logits = read_f32(output.logits)?;
+        let logits = read_f32(output.logits).await?;
         let probabilities = prediction::softmax(&logits);
         let top = prediction::top_k(&probabilities, &self.labels, TOP_K)
             .into_iter()
@@ -164,14 +206,11 @@ impl LoadedModel {
                  }| Prediction { label, probability },
             )
             .collect();
-        let maps = output
-            .attentions
-            .into_iter()
-            .map(|attention| {
-                let [_, heads, tokens, _] = attention.dims();
-                read_f32(attention).map(|values| (heads, tokens, values))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut maps = Vec::with_capacity(output.attentions.len());
+        for attention in output.attentions {
+            let [_, heads, tokens, _] = attention.dims();
+            maps.push((heads, tokens, read_f32(attention).await?));
+        }
         let layers: Vec<LayerAttention<'_>> = maps
             .iter()
             .map(|(heads, tokens, values)| LayerAttention {
@@ -189,15 +228,16 @@ impl LoadedModel {
     }
 }
 
-fn read_f32<const D: usize>(tensor: Tensor<D>) -> Result<Vec<f32>, ClassifyError> {
-    tensor
-        .try_into_vec_as::<f32>()
-        .map_err(|error| ClassifyError::Backend(format!("{error:?}")))
+async fn read_f32<const D: usize>(tensor: Tensor<D>) -> Result<Vec<f32>, ClassifyError> {
+    let backend = |error: &dyn std::fmt::Debug| ClassifyError::Backend(format!("{error:?}"));
+    let data = tensor.into_data_async().await.map_err(|e| backend(&e))?;
+    data.try_into_vec_as::<f32>().map_err(|e| backend(&e))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures_lite::future::block_on;
     use std::io::Cursor;
     use vit::SaveOptions;
 
@@ -246,7 +286,7 @@ mod tests {
         let (config, weights) = tiny_export();
         let device = Device::flex();
         let loaded = LoadedModel::from_export(&config, &weights, "test", &device).unwrap();
-        let outcome = loaded.classify(&png()).unwrap();
+        let outcome = block_on(loaded.classify(&png())).unwrap();
 
         // What `trainer predict` computes: preprocess, logits, softmax, top-k.
         let checkpoint = vit::checkpoint::from_hf_bytes(&config, &weights).unwrap();
@@ -295,10 +335,10 @@ mod tests {
         let taught = loaded.taught(&head, vec!["ship".into(), "frog".into()]);
         assert_eq!(taught.info().num_classes, 2);
         assert!(taught.info().source.contains("ship, frog"));
-        let in_page = taught.classify(&png()).unwrap();
+        let in_page = block_on(taught.classify(&png())).unwrap();
         let zipped = taught.export_zip().unwrap();
         let reloaded = LoadedModel::from_zip(&zipped, "zip", &device).unwrap();
-        let from_zip = reloaded.classify(&png()).unwrap();
+        let from_zip = block_on(reloaded.classify(&png())).unwrap();
         assert_eq!(from_zip.top.len(), 2);
         for (a, b) in in_page.top.iter().zip(&from_zip.top) {
             assert_eq!(a.label, b.label);
@@ -325,7 +365,7 @@ mod tests {
         assert!(LoadedModel::from_export(b"{not json", &weights, "test", &device).is_err());
         let loaded = LoadedModel::from_export(&config, &weights, "test", &device).unwrap();
         assert!(matches!(
-            loaded.classify(b"plain text"),
+            block_on(loaded.classify(b"plain text")),
             Err(ClassifyError::Input(InputError::NotAnImage))
         ));
     }

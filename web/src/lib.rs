@@ -1,6 +1,6 @@
 //! The browser demo: a leptos page (`app`) that hands images to an inference
-//! Web Worker (`worker`), which runs the model crate's ViT on burn-flex and
-//! returns the top classes and an attention-rollout map.
+//! Web Worker (`worker`), which runs the model crate's ViT on WebGPU or burn-flex
+//! (wasm SIMD) and returns the top classes and an attention-rollout map.
 //!
 //! Everything except the browser glue compiles and is tested natively.
 
@@ -18,12 +18,12 @@ pub mod app;
 #[cfg(target_arch = "wasm32")]
 mod browser;
 #[cfg(target_arch = "wasm32")]
+mod gpu_probe;
+#[cfg(target_arch = "wasm32")]
 pub mod worker;
 #[cfg(target_arch = "wasm32")]
 mod worker_client;
 
-/// What runs the model, shown on the page.
-pub const BACKEND: &str = "CPU (wasm SIMD)";
 /// The shipped model, relative to the site's base URL.
 pub const SHIPPED_CONFIG_URL: &str = "model/config.json";
 pub const SHIPPED_WEIGHTS_URL: &str = "model/model.safetensors";
@@ -32,5 +32,7 @@ pub const SHIPPED_WEIGHTS_URL: &str = "model/model.safetensors";
 pub const SHIPPED_CARD_DIR: &str = "cifar10-demo/";
 /// The source name the page gives the shipped model.
 pub const SHIPPED_SOURCE: &str = "the shipped model";
-/// The worker's entry script written by trunk (`data-loader-shim`).
+/// The workers' entry scripts written by trunk (`data-loader-shim`): the CPU-only worker,
+/// and the one that also has WebGPU (a much larger download).
 pub const WORKER_SCRIPT_URL: &str = "worker_loader.js";
+pub const GPU_WORKER_SCRIPT_URL: &str = "worker-gpu_loader.js";

@@ -27,15 +27,71 @@ pub enum Request {
     ResetModel,
     /// The taught model as a zip (config.json, model.safetensors, preprocessor_config.json).
     ExportTaught,
+    /// Run the model on `backend` from now on (WebGPU only where it started).
+    SetBackend { backend: Backend },
+}
+
+/// What runs the model in the worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// The browser's GPU through WebGPU (burn's wgpu backend).
+    Webgpu,
+    /// burn-flex compiled to WebAssembly with SIMD, on one CPU thread.
+    Wasm,
+}
+
+impl Backend {
+    /// The name in the page's `?backend=` parameter and its `data-testid="backend"`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Webgpu => "webgpu",
+            Backend::Wasm => "wasm",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "webgpu" => Some(Backend::Webgpu),
+            "wasm" => Some(Backend::Wasm),
+            _ => None,
+        }
+    }
+
+    /// What the page says runs the model.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Backend::Webgpu => "the GPU (WebGPU)",
+            Backend::Wasm => "the CPU (wasm SIMD)",
+        }
+    }
+}
+
+/// Whether the worker can run the model on WebGPU.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum WebGpu {
+    /// The page has not asked for it (the worker starts on the CPU).
+    NotRequested,
+    /// Asking the browser for an adapter.
+    Starting,
+    /// `adapter`: what the browser says the GPU is.
+    Ready { adapter: String },
+    /// The browser has no WebGPU, or it failed (at start-up or later): why.
+    Unavailable { reason: String },
 }
 
 /// Worker → page.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Response {
-    /// The worker's wasm is running and accepts requests.
-    Started {
-        backend: String,
+    /// The worker's wasm is running and accepts requests (on the CPU until WebGPU,
+    /// if asked for, has started).
+    Started,
+    /// What runs the model now, and where WebGPU stands; sent whenever either changes.
+    Backend {
+        active: Backend,
+        webgpu: WebGpu,
     },
     ModelLoaded {
         model: ModelInfo,
@@ -116,6 +172,18 @@ pub struct Classification {
     pub grid: usize,
 }
 
+impl WebGpu {
+    /// The state's name, as in the message (`starting`, `ready`, ...).
+    pub fn state_name(&self) -> &'static str {
+        match self {
+            WebGpu::NotRequested => "not_requested",
+            WebGpu::Starting => "starting",
+            WebGpu::Ready { .. } => "ready",
+            WebGpu::Unavailable { .. } => "unavailable",
+        }
+    }
+}
+
 /// Header of a message.
 pub fn encode<T: Serialize>(message: &T) -> String {
     // Plain structs of strings and numbers: serialising cannot fail.
@@ -148,5 +216,16 @@ mod tests {
         };
         assert_eq!(decode::<Response>(&encode(&response)).unwrap(), response);
         assert!(encode(&request).contains("\"kind\":\"classify\""));
+        let backend = Response::Backend {
+            active: Backend::Wasm,
+            webgpu: WebGpu::Unavailable {
+                reason: "no adapter".into(),
+            },
+        };
+        assert_eq!(decode::<Response>(&encode(&backend)).unwrap(), backend);
+        for backend in [Backend::Webgpu, Backend::Wasm] {
+            assert_eq!(Backend::parse(backend.name()), Some(backend));
+        }
+        assert_eq!(Backend::parse("cuda"), None);
     }
 }

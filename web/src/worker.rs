@@ -1,6 +1,11 @@
 //! The inference Web Worker: receives models and images from the page, runs
-//! them on burn-flex, and posts back results, so the page never freezes. It also
+//! them on WebGPU where the browser has it and the page asks for it, on burn-flex
+//! (wasm SIMD) otherwise, and posts back results, so the page never freezes. It also
 //! teaches the loaded model new classes ([`crate::teach`]), a unit of work at a time.
+//!
+//! Models live on the CPU, where loading, teaching and export read them; the GPU holds
+//! a copy of the one that classifies. A WebGPU failure at start-up or during a
+//! classification switches to the CPU and says why ([`Response::Backend`]).
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -13,8 +18,8 @@ use web_sys::{DedicatedWorkerGlobalScope, MessageEvent};
 
 use vit::checkpoint::ByteSource;
 
-use crate::classify::{LoadedModel, ModelError};
-use crate::protocol::{self, Classification, Request, Response};
+use crate::classify::{Classifier, ClassifyError, LoadedModel, ModelError};
+use crate::protocol::{self, Backend, Classification, Request, Response, WebGpu};
 use crate::teach::{Lesson, TeachOptions};
 
 struct Worker {
@@ -28,11 +33,20 @@ struct Worker {
     /// The latest teaching request; an older lesson still running stops at its next
     /// unit of work. 0 when none may run.
     teaching: u64,
+    /// What the page asked to run the model on.
+    wanted: Backend,
+    webgpu: WebGpu,
+    /// The WebGPU device once it started.
+    gpu: Option<Device>,
+    /// The classifying model on the GPU, while WebGPU is the active backend.
+    on_gpu: Option<Classifier>,
 }
 
 /// Installs the message handler and tells the page the worker is up.
 pub fn start() {
     console_error_panic_hook::set_once();
+    // Set once per worker; a second call cannot happen, and would only keep the first.
+    let _ = log::set_logger(&ConsoleLog).map(|()| log::set_max_level(log::LevelFilter::Error));
     let scope: DedicatedWorkerGlobalScope = js_sys::global().unchecked_into();
     let worker = Rc::new(RefCell::new(Worker {
         scope: scope.clone(),
@@ -40,6 +54,10 @@ pub fn start() {
         base: None,
         taught: None,
         teaching: 0,
+        wanted: Backend::Wasm,
+        webgpu: WebGpu::NotRequested,
+        gpu: None,
+        on_gpu: None,
     }));
     let on_message = Closure::<dyn FnMut(MessageEvent)>::new(move |event: MessageEvent| {
         Worker::handle(&worker, &event);
@@ -47,12 +65,7 @@ pub fn start() {
     scope.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
     // The handler lives as long as the worker.
     on_message.forget();
-    post(
-        &scope,
-        &Response::Started {
-            backend: crate::BACKEND.to_owned(),
-        },
-    );
+    post(&scope, &Response::Started);
 }
 
 impl Worker {
@@ -82,7 +95,21 @@ impl Worker {
                 let loaded = LoadedModel::from_zip(&zip, &source, &worker.device);
                 worker.install(source, loaded)
             }
-            Request::Classify { request_id } => worker.classify(request_id, &payload(&message, 1)),
+            Request::Classify { request_id } => {
+                let image = payload(&message, 1);
+                drop(worker);
+                wasm_bindgen_futures::spawn_local(classify(this.clone(), request_id, image));
+                return;
+            }
+            Request::SetBackend { backend } => {
+                worker.wanted = backend;
+                if backend == Backend::Webgpu && worker.webgpu == WebGpu::NotRequested {
+                    worker.webgpu = WebGpu::Starting;
+                    wasm_bindgen_futures::spawn_local(start_webgpu(this.clone()));
+                }
+                worker.follow_backend();
+                worker.backend_response()
+            }
             Request::Teach {
                 request_id,
                 classes,
@@ -107,6 +134,7 @@ impl Worker {
             Request::ResetModel => {
                 worker.teaching = 0;
                 worker.taught = None;
+                worker.follow_backend();
                 match &worker.base {
                     Some(base) => Response::ModelLoaded { model: base.info() },
                     None => return,
@@ -145,6 +173,7 @@ impl Worker {
                 self.base = Some(model);
                 self.taught = None;
                 self.teaching = 0;
+                self.follow_backend();
                 Response::ModelLoaded { model: info }
             }
             Err(error) => Response::ModelFailed {
@@ -154,36 +183,181 @@ impl Worker {
         }
     }
 
-    fn classify(&self, request_id: u64, image: &[u8]) -> Response {
-        let Some(model) = self.taught.as_ref().or(self.base.as_ref()) else {
-            return Response::ClassifyFailed {
-                request_id,
-                message: "no model is loaded yet".to_owned(),
-            };
-        };
-        let started_ms = self.now_ms();
-        match model.classify(image) {
-            Ok(outcome) => Response::Classified {
-                request_id,
-                result: Classification {
-                    top: outcome.top,
-                    latency_ms: self.now_ms() - started_ms,
-                    rollout: outcome.rollout,
-                    grid: outcome.grid,
-                },
-            },
-            Err(error) => Response::ClassifyFailed {
-                request_id,
-                message: error.to_string(),
-            },
+    /// The model that classifies: the taught one, else the loaded one.
+    fn current(&self) -> Option<&LoadedModel> {
+        self.taught.as_ref().or(self.base.as_ref())
+    }
+
+    fn active(&self) -> Backend {
+        match (&self.gpu, self.wanted) {
+            (Some(_), Backend::Webgpu) => Backend::Webgpu,
+            _ => Backend::Wasm,
         }
     }
 
-    fn now_ms(&self) -> f64 {
-        self.scope
-            .performance()
-            .map_or_else(js_sys::Date::now, |performance| performance.now())
+    /// Puts the classifying model where the active backend runs it (a copy on the GPU,
+    /// or none).
+    fn follow_backend(&mut self) {
+        self.on_gpu = match (self.active(), &self.gpu, self.current()) {
+            (Backend::Webgpu, Some(gpu), Some(model)) => Some(model.classifier().to_device(gpu)),
+            _ => None,
+        };
     }
+
+    fn backend_response(&self) -> Response {
+        Response::Backend {
+            active: self.active(),
+            webgpu: self.webgpu.clone(),
+        }
+    }
+
+    /// WebGPU failed: the CPU from now on, and the page is told why.
+    fn give_up_webgpu(&mut self, reason: String) {
+        web_sys::console::error_1(&format!("WebGPU: {reason}").into());
+        self.webgpu = WebGpu::Unavailable { reason };
+        self.gpu = None;
+        self.follow_backend();
+        post(&self.scope, &self.backend_response());
+    }
+}
+
+fn now_ms(scope: &DedicatedWorkerGlobalScope) -> f64 {
+    scope
+        .performance()
+        .map_or_else(js_sys::Date::now, |performance| performance.now())
+}
+
+/// Asks the browser for a GPU and starts burn's WebGPU runtime on it; the model moves
+/// there if the page still wants it.
+async fn start_webgpu(this: Rc<RefCell<Worker>>) {
+    let scope = this.borrow().scope.clone();
+    let started = webgpu_device(&scope).await;
+    let mut worker = this.borrow_mut();
+    match started {
+        Ok((device, adapter)) => {
+            worker.webgpu = WebGpu::Ready { adapter };
+            worker.gpu = Some(device);
+            worker.follow_backend();
+            post(&worker.scope, &worker.backend_response());
+        }
+        Err(reason) => worker.give_up_webgpu(reason),
+    }
+}
+
+/// Without the `webgpu` feature (the CPU-only worker, which the page loads where it found
+/// no adapter, or when asked for `?backend=wasm`) there is no WebGPU runtime: say why.
+#[cfg(not(feature = "webgpu"))]
+async fn webgpu_device(scope: &DedicatedWorkerGlobalScope) -> Result<(Device, String), String> {
+    crate::gpu_probe::adapter(&scope.navigator()).await?;
+    Err(
+        "the page started its CPU-only worker (open it without ?backend=wasm to use WebGPU)"
+            .to_owned(),
+    )
+}
+
+/// The WebGPU device and a description of its adapter, or why there is none.
+#[cfg(feature = "webgpu")]
+async fn webgpu_device(scope: &DedicatedWorkerGlobalScope) -> Result<(Device, String), String> {
+    crate::gpu_probe::adapter(&scope.navigator()).await?;
+    allow_burn_shaders()?;
+    let (device, setup) = Device::wgpu_options()
+        .graphics_api(burn::tensor::wgpu::WgpuBackend::WebGpu)
+        .init_with_setup_async()
+        .await
+        .map_err(|error| format!("cannot start WebGPU: {error}"))?;
+    let name = setup.adapter.get_info().name;
+    let adapter = if name.is_empty() {
+        "GPU".to_owned()
+    } else {
+        name
+    };
+    Ok((device, adapter))
+}
+
+/// burn 0.22's WebGPU matrix kernels for vector-matrix products (which its autotuner
+/// tries whatever the shapes) are written with WGSL subgroup operations, but wgpu 30 does
+/// not know the `subgroups` feature, so it never asks the browser to enable it; and
+/// Chrome's uniformity analysis rejects one of them, which wgpu's own shader compiler
+/// (naga, on native GPUs) accepts. In the browser a refused shader poisons the device and
+/// takes the worker down. So this worker's device requests ask for `subgroups` where the
+/// adapter has it (checked before), and shaders that enable subgroups turn that
+/// diagnostic off, as naga does. The end-to-end test checks the answers against native.
+#[cfg(feature = "webgpu")]
+fn allow_burn_shaders() -> Result<(), String> {
+    let patch = js_sys::Function::new_no_args(
+        "const adapter = self.GPUAdapter && self.GPUAdapter.prototype;
+         const device = self.GPUDevice && self.GPUDevice.prototype;
+         if (!adapter || !device || adapter.requestDevice.burnPatched) return;
+         const requestDevice = adapter.requestDevice;
+         adapter.requestDevice = function (descriptor) {
+           const features = [...((descriptor && descriptor.requiredFeatures) || [])];
+           if (this.features.has('subgroups') && !features.includes('subgroups')) {
+             features.push('subgroups');
+           }
+           return requestDevice.call(this, { ...descriptor, requiredFeatures: features });
+         };
+         adapter.requestDevice.burnPatched = true;
+         const createShaderModule = device.createShaderModule;
+         const enable = 'enable subgroups;';
+         device.createShaderModule = function (descriptor) {
+           const code = descriptor && descriptor.code;
+           if (typeof code === 'string' && code.startsWith(enable)) {
+             const relaxed = enable + '\\ndiagnostic(off, subgroup_uniformity);' + code.slice(enable.length);
+             return createShaderModule.call(this, { ...descriptor, code: relaxed });
+           }
+           return createShaderModule.call(this, descriptor);
+         };",
+    );
+    patch
+        .call0(&JsValue::NULL)
+        .map(|_| ())
+        .map_err(|error| format!("cannot prepare WebGPU for burn's shaders: {error:?}"))
+}
+
+/// Classifies `image` on the active backend. A GPU failure switches to the CPU, which
+/// then answers.
+async fn classify(this: Rc<RefCell<Worker>>, request_id: u64, image: Vec<u8>) {
+    let (scope, cpu, gpu) = {
+        let worker = this.borrow();
+        let Some(model) = worker.current() else {
+            let response = Response::ClassifyFailed {
+                request_id,
+                message: "no model is loaded yet".to_owned(),
+            };
+            return post(&worker.scope, &response);
+        };
+        (
+            worker.scope.clone(),
+            model.classifier().clone(),
+            worker.on_gpu.clone(),
+        )
+    };
+    let started_ms = now_ms(&scope);
+    let mut outcome = match &gpu {
+        Some(gpu) => gpu.classify(&image).await,
+        None => cpu.classify(&image).await,
+    };
+    if let (Some(_), Err(ClassifyError::Backend(reason))) = (&gpu, &outcome) {
+        this.borrow_mut()
+            .give_up_webgpu(format!("failed during a classification: {reason}"));
+        outcome = cpu.classify(&image).await;
+    }
+    let response = match outcome {
+        Ok(outcome) => Response::Classified {
+            request_id,
+            result: Classification {
+                top: outcome.top,
+                latency_ms: now_ms(&scope) - started_ms,
+                rollout: outcome.rollout,
+                grid: outcome.grid,
+            },
+        },
+        Err(error) => Response::ClassifyFailed {
+            request_id,
+            message: error.to_string(),
+        },
+    };
+    post(&scope, &response);
 }
 
 /// Runs lesson `request_id` one unit at a time, yielding to the event loop in between
@@ -247,6 +421,7 @@ async fn teach(
     let mut model = taught.info();
     model.memory_bytes = Some(memory_bytes());
     worker.taught = Some(taught);
+    worker.follow_backend();
     post(
         &scope,
         &Response::Taught {
@@ -265,6 +440,26 @@ async fn next_tick(scope: &DedicatedWorkerGlobalScope) {
         }
     });
     let _ = wasm_bindgen_futures::JsFuture::from(promise).await;
+}
+
+/// Errors of burn's GPU runtime (a shader that does not compile, a lost device) in the
+/// browser's console, where a developer looks. (Its warnings are noise here: that the
+/// autotuner cannot keep its cache between visits.)
+struct ConsoleLog;
+
+impl log::Log for ConsoleLog {
+    fn enabled(&self, metadata: &log::Metadata) -> bool {
+        metadata.level() <= log::Level::Error
+    }
+
+    fn log(&self, record: &log::Record) {
+        if self.enabled(record.metadata()) {
+            let text = JsValue::from_str(&format!("{}: {}", record.target(), record.args()));
+            web_sys::console::error_1(&text);
+        }
+    }
+
+    fn flush(&self) {}
 }
 
 /// The page's buffer of a weights file, read one tensor at a time: the file itself

@@ -29,7 +29,8 @@ thread_local! {
     static CLIENT: RefCell<Option<Client>> = const { RefCell::new(None) };
 }
 
-/// Starts the worker; `on_event` receives everything it reports.
+/// Starts the worker (stopping the one before, if any); `on_event` receives everything
+/// it reports.
 pub fn start(script_url: &str, on_event: impl Fn(Event) + 'static) -> Result<(), String> {
     let worker = Worker::new(script_url).map_err(|error| format!("{error:?}"))?;
     let on_event = std::rc::Rc::new(on_event);
@@ -40,7 +41,7 @@ pub fn start(script_url: &str, on_event: impl Fn(Event) + 'static) -> Result<(),
         let payload = message.and_then(|m| m.get(1).dyn_into::<ArrayBuffer>().ok());
         match header.as_deref().map(protocol::decode::<Response>) {
             Some(Ok(response)) => {
-                if matches!(response, Response::Started { .. }) {
+                if matches!(response, Response::Started) {
                     flush();
                 }
                 handler(Event::Response(response, payload));
@@ -57,6 +58,9 @@ pub fn start(script_url: &str, on_event: impl Fn(Event) + 'static) -> Result<(),
     on_message.forget();
     on_error.forget();
     CLIENT.with_borrow_mut(|client| {
+        if let Some(old) = client.take() {
+            old.worker.terminate();
+        }
         *client = Some(Client {
             worker,
             started: false,
