@@ -314,3 +314,45 @@ fn training_gradients_agree_on_flex_and_tch() {
         failures
     });
 }
+
+/// Training on tch runs attention through our memory-saving operation
+/// (`vit::model::training_attention`): its output and gradients equal the decomposed
+/// attention's (which keeps the probabilities, as attention rollout needs) within 1e-5.
+#[test]
+fn training_attention_equals_the_decomposed_attention_on_tch() {
+    use vit::model::{MultiHeadDotProductAttention, training_attention};
+    let device = libtorch().autodiff();
+    assert!(training_attention::supported(&device));
+    let attention = MultiHeadDotProductAttention::new(16, 4, 0.0, &device);
+    let values = |seed: f32| {
+        let data: Vec<f32> = (0..2 * 7 * 16)
+            .map(|index| ((index as f32 + seed) * 0.7548).sin())
+            .collect();
+        Tensor::<3>::from_data(TensorData::new(data, [2, 7, 16]), &device)
+    };
+    let run = |fused: bool| {
+        let x = values(0.0).require_grad();
+        let output = if fused {
+            attention.forward(x.clone())
+        } else {
+            attention.forward_with_probabilities(x.clone()).0
+        };
+        let grads = (output.clone() * values(11.0)).sum().backward();
+        let read = |tensor: Tensor<3>| tensor.try_into_vec_as::<f32>().expect("f32 values");
+        let kernel = attention.qkv.weight.grad(&grads).expect("qkv gradient");
+        [
+            read(output.inner()),
+            read(x.grad(&grads).expect("input gradient")),
+            read(kernel.unsqueeze()),
+        ]
+    };
+    let (fused, decomposed) = (run(true), run(false));
+    for (what, (ours, theirs)) in ["output", "input gradient", "qkv kernel gradient"]
+        .iter()
+        .zip(fused.iter().zip(&decomposed))
+    {
+        let diff = max_abs_diff(ours, theirs);
+        assert!(diff < 1e-5, "{what}: max abs diff {diff:e}");
+        assert!(theirs.iter().any(|x| x.abs() > 1e-3), "{what} is all zero");
+    }
+}

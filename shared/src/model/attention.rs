@@ -5,6 +5,8 @@ use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Device, Tensor};
 
+use super::training_attention;
+
 /// Multi-head self-attention, as flax `MultiHeadDotProductAttention`.
 ///
 /// Query, key and value projections are fused into one `[D, 3·D]` matmul (columns:
@@ -60,14 +62,20 @@ impl MultiHeadDotProductAttention {
         }
         let [batch, tokens, hidden] = x.dims();
         let (query, key, value) = self.project(x);
-        let context = attention(
-            query,
-            key,
-            value,
-            None,
-            None,
-            AttentionModuleOptions::default(),
-        );
+        // Training stores no attention matrix (see `training_attention`); inference uses
+        // the backend's fused kernel.
+        let context = if training_attention::supported(&query.device()) {
+            training_attention::attention(query, key, value)
+        } else {
+            attention(
+                query,
+                key,
+                value,
+                None,
+                None,
+                AttentionModuleOptions::default(),
+            )
+        };
         self.merge_heads(context, batch, tokens, hidden)
     }
 

@@ -3,7 +3,9 @@
 mod attention;
 mod embedding;
 mod encoder;
+pub mod gelu;
 mod mlp;
+pub mod training_attention;
 mod vit;
 
 pub use attention::MultiHeadDotProductAttention;
