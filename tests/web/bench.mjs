@@ -12,7 +12,9 @@ const [distDir, modelDir, image, runsArg] = process.argv.slice(2);
 const runs = Number(runsArg ?? 5);
 const log = [];
 const { server, url } = await serve(distDir, '/vit-demo/', { 'model/': modelDir });
-const browser = await launch();
+// The CPU path (wasm): this machine's WebGPU is SwiftShader, a CPU emulation, whose speed
+// says nothing about a real GPU.
+const browser = await launch({ webgpu: false });
 const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 try {
   const start = performance.now();
