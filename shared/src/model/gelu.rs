@@ -23,7 +23,7 @@ use burn::backend::autodiff::checkpoint::{base::Checkpointer, strategy::Checkpoi
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::tensor::FloatTensor;
-use burn::backend::{Backend, Dispatch, DispatchDevice, Flex, backend_extension};
+use burn::backend::{Backend, Dispatch, Flex, backend_extension};
 use burn::tensor::activation::sigmoid;
 use burn::tensor::{DType, Tensor, TensorData};
 use burn_flex::FlexTensor;
@@ -176,7 +176,7 @@ fn map(shape: burn::tensor::Shape, fill: impl Fn(usize, &mut [f32]) + Sync) -> F
 }
 
 /// Runs `work` (inlined) compiled for AVX2 where the CPU has it: eight lanes instead of
-/// SSE2's four. Without FMA, so both give the same results.
+/// SSE2's four (the loops inline into it). Without FMA, so both give the same results.
 #[inline(always)]
 fn vectorised(work: impl FnOnce()) {
     #[cfg(target_arch = "x86_64")]
@@ -235,20 +235,10 @@ fn exp_f32(x: f32) -> f32 {
     p * f32::from_bits(((exponent + 127) << 23) as u32)
 }
 
-/// Whether [`gelu_tanh`] runs as one operation on `device` (burn-flex or libtorch,
-/// with or without autodiff); elsewhere it is composed.
-fn supported(device: &burn::tensor::Device) -> bool {
-    match device.clone().inner().as_dispatch() {
-        DispatchDevice::Flex(_) => true,
-        #[cfg(feature = "tch")]
-        DispatchDevice::LibTorch(_) => true,
-        _ => false,
-    }
-}
-
 /// flax's `nn.gelu` (tanh approximation), see the module's documentation.
 pub fn gelu_tanh<const D: usize>(x: Tensor<D>) -> Tensor<D> {
-    if supported(&x.device()) {
+    // One operation where it is built (see `has_own_operations`), else composed.
+    if super::has_own_operations(&x.device()) {
         return Tensor::from_dispatch(<Dispatch as TanhGelu>::tanh_gelu(x.into_dispatch()));
     }
     let inner = (x.clone() * x.clone() * f64::from(A) + 1.0) * x.clone() * f64::from(K);

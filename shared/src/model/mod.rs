@@ -14,3 +14,16 @@ pub(crate) use encoder::layer_norm;
 pub use encoder::{Encoder, Encoder1DBlock};
 pub use mlp::MlpBlock;
 pub use vit::{ForwardOutput, VisionTransformer};
+
+/// Whether our own operations (`gelu`, `training_attention`) are built for `device`'s
+/// backend (autodiff or not): burn-flex, and libtorch with the `tch` feature. They are
+/// backend extensions, which panic on a backend they do not list; elsewhere the model
+/// composes the same functions of burn's operations.
+fn has_own_operations(device: &burn::tensor::Device) -> bool {
+    match device.clone().inner().as_dispatch() {
+        burn::backend::DispatchDevice::Flex(_) => true,
+        #[cfg(feature = "tch")]
+        burn::backend::DispatchDevice::LibTorch(_) => true,
+        _ => false,
+    }
+}

@@ -24,7 +24,7 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::ops::AttentionModuleOptions;
 use burn::backend::tensor::FloatTensor;
-use burn::backend::{Backend, Dispatch, DispatchDevice, ExtensionType, TensorMetadata};
+use burn::backend::{Backend, Dispatch, ExtensionType, TensorMetadata};
 use burn::backend::{Flex, backend_extension};
 use burn::tensor::Tensor;
 
@@ -155,15 +155,7 @@ impl<B: Backend + TrainingAttention, C: CheckpointStrategy> TrainingAttention fo
 /// Whether [`attention`] runs on tensors of `device` (an autodiff device on a backend
 /// the extension is built for); elsewhere burn's `attention` is used.
 pub fn supported(device: &burn::tensor::Device) -> bool {
-    if !device.is_autodiff() {
-        return false;
-    }
-    match device.clone().inner().as_dispatch() {
-        DispatchDevice::Flex(_) => true,
-        #[cfg(feature = "tch")]
-        DispatchDevice::LibTorch(_) => true,
-        _ => false,
-    }
+    device.is_autodiff() && super::has_own_operations(device)
 }
 
 /// softmax(Q·Kᵀ/√Dh)·V on `[B, H, N, Dh]` tensors of a [`supported`] device, keeping
