@@ -1,14 +1,14 @@
 //! Moving parameters between the reference layout ([`Params`]) and a burn model.
 
 use burn::module::Param;
-use burn::nn::{LayerNorm, Linear};
+use burn::nn::Linear;
 use burn::tensor::{Device, Tensor, TensorData};
 
 use super::CheckpointError;
 use super::params::{self, Array, Params};
 use crate::config::ViTConfig;
 use crate::model::{
-    AddPositionEmbs, Encoder, Encoder1DBlock, MlpBlock, MultiHeadDotProductAttention,
+    AddPositionEmbs, Encoder, Encoder1DBlock, LayerNorm, MlpBlock, MultiHeadDotProductAttention,
     PatchEmbedding, VisionTransformer,
 };
 
@@ -273,7 +273,7 @@ fn linear(kernel: Array, bias: Array, device: &Device) -> Linear {
 fn layer_norm(config: &ViTConfig, scale: Array, bias: Array, device: &Device) -> LayerNorm {
     let mut norm = crate::model::layer_norm(config, device);
     norm.gamma = param::<1>(scale, device);
-    norm.beta = Some(param::<1>(bias, device));
+    norm.beta = param::<1>(bias, device);
     norm
 }
 
@@ -296,12 +296,10 @@ fn linear_arrays(linear: &Linear) -> (Array, Array) {
 }
 
 fn layer_norm_arrays(norm: &LayerNorm) -> (Array, Array) {
-    let scale = tensor_array(norm.gamma.val());
-    let bias = match &norm.beta {
-        Some(beta) => tensor_array(beta.val()),
-        None => Array::zeros(scale.shape.clone()),
-    };
-    (scale, bias)
+    (
+        tensor_array(norm.gamma.val()),
+        tensor_array(norm.beta.val()),
+    )
 }
 
 /// `[rows, c1] ++ [rows, c2] ++ ...` along the columns.

@@ -1,8 +1,8 @@
 use burn::module::Module;
-use burn::nn::{Dropout, DropoutConfig, LayerNorm, LayerNormConfig};
+use burn::nn::{Dropout, DropoutConfig};
 use burn::tensor::{Device, Tensor};
 
-use super::{AddPositionEmbs, MlpBlock, MultiHeadDotProductAttention};
+use super::{AddPositionEmbs, LayerNorm, MlpBlock, MultiHeadDotProductAttention};
 use crate::config::ViTConfig;
 
 /// One pre-LayerNorm transformer block: `x + MHA(LN(x))`, then `y + MLP(LN(y))`.
@@ -173,11 +173,9 @@ impl Encoder {
     }
 }
 
-/// LayerNorm with the model's epsilon (burn's default, 1e-5, is not the reference's).
+/// LayerNorm of the model's width with the model's epsilon.
 pub(crate) fn layer_norm(config: &ViTConfig, device: &Device) -> LayerNorm {
-    LayerNormConfig::new(config.hidden_size)
-        .with_epsilon(config.layer_norm_eps)
-        .init(device)
+    LayerNorm::new(config.hidden_size, config.layer_norm_eps, device)
 }
 
 #[cfg(test)]

@@ -25,8 +25,10 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, Dispatch, Flex, backend_extension};
 use burn::tensor::activation::sigmoid;
-use burn::tensor::{DType, Tensor, TensorData};
+use burn::tensor::{Shape, Tensor};
 use burn_flex::FlexTensor;
+
+use super::cpu;
 
 /// 2·√(2/π).
 const K: f32 = 2.0 * 0.797_884_6;
@@ -144,52 +146,25 @@ impl<B: Backend + TanhGelu, C: CheckpointStrategy> TanhGelu for Autodiff<B, C> {
 fn contiguous_f32<'a>(
     x: &'a FlexTensor,
     other: Option<&'a FlexTensor>,
-) -> Option<(&'a [f32], &'a [f32], burn::tensor::Shape)> {
-    let values = |tensor: &'a FlexTensor| {
-        (tensor.dtype() == DType::F32)
-            .then(|| tensor.as_slice::<f32>())
-            .flatten()
-    };
+) -> Option<(&'a [f32], &'a [f32], Shape)> {
     let shape = x.layout().shape().clone();
     let other = match other {
-        Some(other) if other.layout().shape() == &shape => values(other)?,
+        Some(other) if other.layout().shape() == &shape => cpu::f32_values(other)?,
         Some(_) => return None,
         None => &[],
     };
-    Some((values(x)?, other, shape))
+    Some((cpu::f32_values(x)?, other, shape))
 }
 
-/// A new f32 tensor of `shape` whose chunks `fill(start, chunk)` writes, on the thread
-/// pool (not in the browser, which has one thread), with AVX2 where the CPU has it.
-fn map(shape: burn::tensor::Shape, fill: impl Fn(usize, &mut [f32]) + Sync) -> FlexTensor {
+/// A new f32 tensor of `shape` whose chunks `fill(start, chunk)` writes (see
+/// [`cpu::for_each_chunk`]).
+fn map(shape: Shape, fill: impl Fn(usize, &mut [f32]) + Sync) -> FlexTensor {
     const CHUNK: usize = 1 << 14;
     let mut output = vec![0.0f32; shape.num_elements()];
-    let run = |(index, chunk): (usize, &mut [f32])| vectorised(|| fill(index * CHUNK, chunk));
-    #[cfg(not(target_arch = "wasm32"))]
-    {
-        use rayon::prelude::*;
-        output.par_chunks_mut(CHUNK).enumerate().for_each(run);
-    }
-    #[cfg(target_arch = "wasm32")]
-    output.chunks_mut(CHUNK).enumerate().for_each(run);
-    FlexTensor::from_data(TensorData::new(output, shape))
-}
-
-/// Runs `work` (inlined) compiled for AVX2 where the CPU has it: eight lanes instead of
-/// SSE2's four (the loops inline into it). Without FMA, so both give the same results.
-#[inline(always)]
-fn vectorised(work: impl FnOnce()) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        #[target_feature(enable = "avx2")]
-        fn avx2(work: impl FnOnce()) {
-            work()
-        }
-        // SAFETY: the CPU has AVX2 (checked just above).
-        unsafe { avx2(work) };
-        return;
-    }
-    work()
+    cpu::for_each_chunk(&mut output, CHUNK, |index, chunk| {
+        fill(index * CHUNK, chunk)
+    });
+    cpu::tensor(output, shape)
 }
 
 /// The tanh GELU of one value.
@@ -247,7 +222,7 @@ pub fn gelu_tanh<const D: usize>(x: Tensor<D>) -> Tensor<D> {
 
 #[cfg(test)]
 mod tests {
-    use burn::tensor::Device;
+    use burn::tensor::{Device, TensorData};
 
     use super::*;
 

@@ -1,9 +1,11 @@
 //! The Vision Transformer, module by module as in the reference `models_vit.py`.
 
 mod attention;
+mod cpu;
 mod embedding;
 mod encoder;
 pub mod gelu;
+mod layer_norm;
 mod mlp;
 pub mod training_attention;
 mod vit;
@@ -12,10 +14,11 @@ pub use attention::MultiHeadDotProductAttention;
 pub use embedding::{AddPositionEmbs, PatchEmbedding};
 pub(crate) use encoder::layer_norm;
 pub use encoder::{Encoder, Encoder1DBlock};
+pub use layer_norm::LayerNorm;
 pub use mlp::MlpBlock;
 pub use vit::{ForwardOutput, VisionTransformer};
 
-/// Whether our own operations (`gelu`, `training_attention`) are built for `device`'s
+/// Whether our own operations (`gelu`, `layer_norm`, `training_attention`) are built for `device`'s
 /// backend (autodiff or not): burn-flex, and libtorch with the `tch` feature. They are
 /// backend extensions, which panic on a backend they do not list; elsewhere the model
 /// composes the same functions of burn's operations.
