@@ -18,7 +18,7 @@ pub use layer_norm::LayerNorm;
 pub use mlp::MlpBlock;
 pub use vit::{ForwardOutput, VisionTransformer};
 
-/// Whether our own operations (`gelu`, `layer_norm`, `training_attention`) are built for `device`'s
+/// Whether our own operations (`gelu`, `training_attention`) are built for `device`'s
 /// backend (autodiff or not): burn-flex, and libtorch with the `tch` feature. They are
 /// backend extensions, which panic on a backend they do not list; elsewhere the model
 /// composes the same functions of burn's operations.
