@@ -20,9 +20,7 @@ use burn::backend::autodiff::checkpoint::{base::Checkpointer, strategy::Checkpoi
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::tensor::FloatTensor;
-use burn::backend::{
-    Backend, Dispatch, DispatchDevice, ExtensionType, Flex, TensorMetadata, backend_extension,
-};
+use burn::backend::{Backend, Dispatch, ExtensionType, Flex, TensorMetadata, backend_extension};
 use burn::module::{Module, Param};
 use burn::nn::Initializer;
 use burn::tensor::{Device, Shape, Tensor};
@@ -55,11 +53,7 @@ impl LayerNorm {
         let (gamma, beta) = (self.gamma.val(), self.beta.val());
         let device = x.device();
         // Training on burn-flex; elsewhere, and in inference, burn's operation.
-        let flex = matches!(
-            device.clone().inner().as_dispatch(),
-            DispatchDevice::Flex(_)
-        );
-        if device.is_autodiff() && flex {
+        if device.is_autodiff() && super::on_flex(&device) {
             return Tensor::from_dispatch(<Dispatch as TrainingLayerNorm>::training_layer_norm(
                 x.into_dispatch(),
                 gamma.into_dispatch(),

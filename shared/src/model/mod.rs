@@ -23,10 +23,21 @@ pub use vit::{ForwardOutput, VisionTransformer};
 /// backend extensions, which panic on a backend they do not list; elsewhere the model
 /// composes the same functions of burn's operations.
 fn has_own_operations(device: &burn::tensor::Device) -> bool {
-    match device.clone().inner().as_dispatch() {
-        burn::backend::DispatchDevice::Flex(_) => true,
-        #[cfg(feature = "tch")]
-        burn::backend::DispatchDevice::LibTorch(_) => true,
-        _ => false,
+    #[cfg(feature = "tch")]
+    if matches!(
+        device.clone().inner().as_dispatch(),
+        burn::backend::DispatchDevice::LibTorch(_)
+    ) {
+        return true;
     }
+    on_flex(device)
+}
+
+/// Whether `device` (autodiff or not) is a burn-flex device, where the `layer_norm`
+/// operation is built.
+fn on_flex(device: &burn::tensor::Device) -> bool {
+    matches!(
+        device.clone().inner().as_dispatch(),
+        burn::backend::DispatchDevice::Flex(_)
+    )
 }
