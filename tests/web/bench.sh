@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # Browser (headless chromium, wasm SIMD, 1 thread) against native `trainer predict`
 # on the same model files and image, for the shipped model and a random ViT-B/16
-# at 224 px; plus download sizes. Needs the tools of .ci/setup-web.
+# at 224 px, and against onnxruntime-web's wasm backend (what transformers.js runs on)
+# on timm's ViT-B/16 exported to ONNX; plus download sizes. Needs the tools of
+# .ci/setup-web; for onnxruntime-web, PYTHON (default tests/fixtures/.venv/bin/python,
+# made by tests/fixtures/generate.py) with torch, timm, onnx and onnxscript, and npm.
 #   tests/web/bench.sh [RUNS]        (results in target/web-bench/)
+# CHROMIUM_FLAGS adds flags to chromium, e.g. CHROMIUM_FLAGS=--js-flags=--no-liftoff.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 runs=${1:-5}
@@ -43,5 +47,15 @@ for model in web/model "$out/b16"; do
   echo "native trainer predict, whole process, median of $runs: $(native_ms "$model") ms"
   node tests/web/bench.mjs "$(realpath "$out/dist")" "$(realpath "$model")" "$(realpath "$image")" "$runs"
 done
+echo "== onnxruntime-web, wasm, one thread: timm ViT-B/16 224 px, forward only"
+python=${PYTHON:-tests/fixtures/.venv/bin/python}
+if "$python" -c 'import torch, timm, onnx, onnxscript' 2>/dev/null; then
+  [[ -f "$out/vit-b16.onnx" ]] || "$python" tests/web/export_onnx.py "$out/vit-b16.onnx"
+  [[ -d tests/web/node_modules/onnxruntime-web ]] ||
+    (cd tests/web && npm install --no-save --no-audit --no-fund onnxruntime-web@1.30.0 >/dev/null)
+  node tests/web/ort_bench.mjs "$(realpath "$out/vit-b16.onnx")" "$runs"
+else
+  echo "skipped: $python lacks torch, timm, onnx or onnxscript (set PYTHON)"
+fi
 echo "== native forward only (trainer bench, B/16 224 px, batch 1)"
 target/release/trainer bench --model B/16 --image-size 224 --batch 1 --iterations "$runs"

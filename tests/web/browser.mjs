@@ -17,7 +17,13 @@ export async function launch({ webgpu = true } = {}) {
   return chromium.launch({
     executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
     headless: true,
-    args: webgpu ? [...FLAGS, ...WEBGPU, ...(process.env.CHROMIUM_LOG ? ['--enable-logging=stderr', '--v=0'] : [])] : [...FLAGS, '--disable-gpu'],
+    args: [
+      ...FLAGS,
+      ...(webgpu ? WEBGPU : ['--disable-gpu']),
+      ...(webgpu && process.env.CHROMIUM_LOG ? ['--enable-logging=stderr', '--v=0'] : []),
+      // Extra flags for experiments, e.g. CHROMIUM_FLAGS='--js-flags=--no-liftoff'.
+      ...(process.env.CHROMIUM_FLAGS?.split(' ').filter(Boolean) ?? []),
+    ],
   });
 }
 
