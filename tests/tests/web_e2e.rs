@@ -345,11 +345,21 @@ fn browser_app_matches_trainer_predict() {
         .as_str()
         .unwrap_or_default();
     assert!(note.contains("WebGPU"), "why WebGPU is not used: {note:?}");
+    // Chromium has relaxed SIMD: the worker built with it (fused multiply-add).
+    assert_eq!(report["no_webgpu_simd"], "relaxed");
     assert_same_top5(
         &top_of(&report["no_webgpu_upload"]["top"]),
         &native,
         TOLERANCE,
-        "uploaded JPEG (wasm, no WebGPU)",
+        "uploaded JPEG (wasm with relaxed SIMD, no WebGPU)",
+    );
+    // Without relaxed SIMD: the plain SIMD worker, the same answers.
+    assert_eq!(report["no_relaxed_simd"], "simd128");
+    assert_same_top5(
+        &top_of(&report["no_relaxed_upload"]["top"]),
+        &native,
+        TOLERANCE,
+        "uploaded JPEG (wasm without relaxed SIMD)",
     );
 
     assert!(

@@ -53,8 +53,11 @@ export async function chooseBackend(page, backend) {
   );
 }
 
-export async function openPage(browser, url, log) {
+/// Opens the page and waits for its model; `initScript` runs in the page before its own
+/// scripts (e.g. to hide a browser feature).
+export async function openPage(browser, url, log, initScript = null) {
   const page = await browser.newPage({ viewport: { width: 1100, height: 900 } });
+  if (initScript) await page.addInitScript(initScript);
   page.on('console', (message) => log.push(`console.${message.type()}: ${message.text()}`));
   page.on('pageerror', (error) => log.push(`pageerror: ${error.message}`));
   page.on('requestfailed', (request) => log.push(`requestfailed: ${request.url()}`));

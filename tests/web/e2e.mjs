@@ -119,7 +119,14 @@ try {
   browser = await launch({ webgpu: false });
   const plain = await openPage(browser, url, log);
   report.no_webgpu_backend = await settledBackend(plain);
+  report.no_webgpu_simd = await plain.getAttribute('[data-testid="backend"]', 'data-simd');
   report.no_webgpu_upload = await upload(plain, imagePath);
+  // A browser without relaxed SIMD either (WebAssembly.validate refuses it, as Safari's
+  // does): the plain SIMD worker, with the same answers.
+  const older = await openPage(browser, url, log, () => { WebAssembly.validate = () => false; });
+  await settledBackend(older);
+  report.no_relaxed_simd = await older.getAttribute('[data-testid="backend"]', 'data-simd');
+  report.no_relaxed_upload = await upload(older, imagePath);
 } catch (error) {
   report.failure = String(error?.stack ?? error);
 } finally {

@@ -33,6 +33,8 @@ struct State {
     /// What runs the model now, and where WebGPU stands (the worker says).
     backend: RwSignal<Backend>,
     webgpu: RwSignal<WebGpu>,
+    /// Whether the CPU path runs the worker built with relaxed SIMD.
+    relaxed_simd: RwSignal<bool>,
     /// The shipped model's card, once fetched (the page works without it).
     card: RwSignal<Option<display::ModelCard>>,
     teach: Teach,
@@ -171,6 +173,7 @@ impl State {
             show_attention: RwSignal::new(true),
             backend: RwSignal::new(Backend::Wasm),
             webgpu: RwSignal::new(WebGpu::NotRequested),
+            relaxed_simd: RwSignal::new(false),
             card: RwSignal::new(None),
             teach: Teach::new(),
             latest_request: RwSignal::new(0),
@@ -306,12 +309,16 @@ impl State {
 
     /// Starts the inference worker and asks it for `backend` (it starts on the CPU and
     /// moves to WebGPU once that has started, if it can). The WebGPU worker (eight times
-    /// the CPU one's size) is loaded only where the browser gives us a GPU adapter.
+    /// the CPU one's size) is loaded only where the browser gives us a GPU adapter;
+    /// otherwise the CPU worker with relaxed SIMD where the browser has it.
     async fn start_worker(self, backend: Backend) {
         let script = match backend {
             Backend::Webgpu if browser::has_webgpu().await => crate::GPU_WORKER_SCRIPT_URL,
+            _ if browser::has_relaxed_simd() => crate::RELAXED_WORKER_SCRIPT_URL,
             _ => crate::WORKER_SCRIPT_URL,
         };
+        self.relaxed_simd
+            .set(script == crate::RELAXED_WORKER_SCRIPT_URL);
         match worker_client::start(script, move |event| self.on_worker_event(event)) {
             Ok(()) => worker_client::send(&Request::SetBackend { backend }, &[]),
             Err(error) => self
@@ -671,12 +678,19 @@ fn BackendChoice(state: State) -> impl IntoView {
                 prop:value=move || state.backend.get().name()
             >
                 <option value="webgpu" disabled=move || !webgpu_ready()>{webgpu_label}</option>
-                <option value="wasm">"CPU (WebAssembly SIMD)"</option>
+                <option value="wasm">
+                    {move || if state.relaxed_simd.get() {
+                        "CPU (WebAssembly relaxed SIMD)"
+                    } else {
+                        "CPU (WebAssembly SIMD)"
+                    }}
+                </option>
             </select>
             " "
             <code
                 data-testid="backend"
                 data-webgpu=move || state.webgpu.get().state_name()
+                data-simd=move || if state.relaxed_simd.get() { "relaxed" } else { "simd128" }
             >
                 {move || state.backend.get().name()}
             </code>

@@ -29,6 +29,24 @@ pub fn window() -> web_sys::Window {
     web_sys::window().expect("the page runs in a browser window")
 }
 
+/// Whether the browser runs relaxed SIMD (fused multiply-add and friends), so that the
+/// worker built with it loads. Checked by validating the smallest module that uses one
+/// relaxed instruction: `(func (result v128) i32.const 1 i8x16.splat i32.const 2
+/// i8x16.splat i8x16.relaxed_swizzle)`.
+pub fn has_relaxed_simd() -> bool {
+    const MODULE: [u8; 36] = [
+        0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, // "\0asm", version 1
+        0x01, 0x05, 0x01, 0x60, 0x00, 0x01, 0x7b, // types: () -> v128
+        0x03, 0x02, 0x01, 0x00, // functions: one, of type 0
+        0x0a, 0x0f, 0x01, 0x0d, 0x00, // code: one body of 13 bytes, no locals
+        0x41, 0x01, 0xfd, 0x0f, // i32.const 1, i8x16.splat
+        0x41, 0x02, 0xfd, 0x0f, // i32.const 2, i8x16.splat
+        0xfd, 0x80, 0x02, // i8x16.relaxed_swizzle (0xfd 256)
+        0x0b, // end
+    ];
+    js_sys::WebAssembly::validate(&Uint8Array::from(&MODULE[..]).into()).unwrap_or(false)
+}
+
 /// The backend the page's address asks for (`?backend=webgpu` or `?backend=wasm`), if any.
 pub fn requested_backend() -> Option<crate::protocol::Backend> {
     let search = window().location().search().ok()?;

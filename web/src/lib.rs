@@ -33,6 +33,8 @@ pub const SHIPPED_CARD_DIR: &str = "cifar10-demo/";
 /// The source name the page gives the shipped model.
 pub const SHIPPED_SOURCE: &str = "the shipped model";
 /// The workers' entry scripts written by trunk (`data-loader-shim`): the CPU-only worker,
-/// and the one that also has WebGPU (a much larger download).
+/// the same with relaxed SIMD (for browsers that have it), and the one that also has
+/// WebGPU (a much larger download).
 pub const WORKER_SCRIPT_URL: &str = "worker_loader.js";
+pub const RELAXED_WORKER_SCRIPT_URL: &str = "worker-relaxed_loader.js";
 pub const GPU_WORKER_SCRIPT_URL: &str = "worker-gpu_loader.js";

@@ -5,6 +5,7 @@ use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Device, Tensor};
 
+use super::matmul::{linear, matmul};
 use super::training_attention;
 
 /// Multi-head self-attention, as flax `MultiHeadDotProductAttention`.
@@ -84,9 +85,9 @@ impl MultiHeadDotProductAttention {
         let [batch, tokens, hidden] = x.dims();
         let (query, key, value) = self.project(x);
         let head_dim = hidden / self.num_heads;
-        let scores = query.matmul(key.swap_dims(2, 3)) / (head_dim as f64).sqrt();
+        let scores = matmul(query, key.swap_dims(2, 3)) / (head_dim as f64).sqrt();
         let probabilities = softmax(scores, 3);
-        let context = self.dropout.forward(probabilities.clone()).matmul(value);
+        let context = matmul(self.dropout.forward(probabilities.clone()), value);
         (
             self.merge_heads(context, batch, tokens, hidden),
             probabilities,
@@ -97,9 +98,7 @@ impl MultiHeadDotProductAttention {
     fn project(&self, x: Tensor<3>) -> (Tensor<4>, Tensor<4>, Tensor<4>) {
         let [batch, tokens, hidden] = x.dims();
         let head_dim = hidden / self.num_heads;
-        let qkv = self
-            .qkv
-            .forward(x)
+        let qkv = linear(&self.qkv, x)
             .reshape([batch, tokens, 3, self.num_heads, head_dim])
             .permute([2, 0, 3, 1, 4]);
         let part = |index: usize| {
@@ -118,6 +117,6 @@ impl MultiHeadDotProductAttention {
         hidden: usize,
     ) -> Tensor<3> {
         let merged = context.swap_dims(1, 2).reshape([batch, tokens, hidden]);
-        self.out.forward(merged)
+        linear(&self.out, merged)
     }
 }

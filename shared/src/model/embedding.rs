@@ -2,6 +2,8 @@ use burn::module::{Module, Param};
 use burn::nn::{Initializer, Linear, LinearConfig};
 use burn::tensor::{Device, Tensor};
 
+use super::matmul::linear;
+
 /// Cuts the image into `patch×patch` squares and projects each to `hidden_size`.
 ///
 /// The reference uses a convolution with kernel = stride = patch; a matmul over
@@ -51,7 +53,7 @@ impl PatchEmbedding {
             .reshape([batch, channels, rows, p, cols, p])
             .permute([0, 2, 4, 3, 5, 1])
             .reshape([batch, rows * cols, p * p * channels]);
-        self.projection.forward(patches)
+        linear(&self.projection, patches)
     }
 }
 

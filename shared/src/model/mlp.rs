@@ -4,6 +4,7 @@ use burn::tensor::activation::gelu;
 use burn::tensor::{Device, Tensor};
 
 use super::gelu::gelu_tanh;
+use super::matmul::linear;
 use crate::config::Activation;
 
 /// `Dense → GELU → Dropout → Dense → Dropout`, as the reference `MlpBlock`.
@@ -63,13 +64,13 @@ impl MlpBlock {
     }
 
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let x = self.dense_0.forward(x);
+        let x = linear(&self.dense_0, x);
         let x = match self.activation {
             Activation::GeluTanh => gelu_tanh(x),
             Activation::GeluExact => gelu(x),
         };
         let x = self.dropout.forward(x);
-        let x = self.dense_1.forward(x);
+        let x = linear(&self.dense_1, x);
         self.dropout.forward(x)
     }
 }

@@ -6,6 +6,7 @@ mod embedding;
 mod encoder;
 pub mod gelu;
 mod layer_norm;
+mod matmul;
 mod mlp;
 pub mod training_attention;
 mod vit;

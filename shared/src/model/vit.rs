@@ -2,6 +2,7 @@ use burn::module::{Module, Param};
 use burn::nn::{Initializer, Linear, LinearConfig};
 use burn::tensor::{Device, Tensor};
 
+use super::matmul::linear;
 use super::{Encoder, PatchEmbedding};
 use crate::config::{Classifier, ConfigError, ViTConfig};
 
@@ -131,7 +132,7 @@ impl VisionTransformer {
     fn classify(&self, encoded: Tensor<3>) -> Tensor<2> {
         let representation = self.pool(encoded);
         match &self.head {
-            Some(head) => head.forward(representation),
+            Some(head) => linear(head, representation),
             None => representation,
         }
     }
@@ -144,7 +145,7 @@ impl VisionTransformer {
             Classifier::Gap => encoded.mean_dim(1).reshape([batch, hidden]),
         };
         match &self.pre_logits {
-            Some(dense) => dense.forward(pooled).tanh(),
+            Some(dense) => linear(dense, pooled).tanh(),
             None => pooled,
         }
     }
