@@ -131,10 +131,8 @@ impl<'a> Operands<'a> {
         }
         let (left, right) = (lhs.layout(), rhs.layout());
         let rank = left.num_dims();
-        if rank < 2 || right.num_dims() != rank || !left.has_positive_strides() {
-            return None;
-        }
-        if !right.has_positive_strides() {
+        let positive = left.has_positive_strides() && right.has_positive_strides();
+        if rank < 2 || right.num_dims() != rank || !positive {
             return None;
         }
         let (ls, rs) = (left.shape(), right.shape());
