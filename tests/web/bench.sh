@@ -6,10 +6,12 @@
 # .ci/setup-web; for onnxruntime-web, PYTHON (default tests/fixtures/.venv/bin/python,
 # made by tests/fixtures/generate.py) with torch, timm, onnx and onnxscript, and npm.
 #   tests/web/bench.sh [RUNS]        (results in target/web-bench/)
+# ROUNDS (default 3): B/16 in our page and in onnxruntime-web, in turns.
 # CHROMIUM_FLAGS adds flags to chromium, e.g. CHROMIUM_FLAGS=--js-flags=--no-liftoff.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 runs=${1:-5}
+rounds=${ROUNDS:-3}
 out=target/web-bench
 image=web/assets/samples/cat.jpg   # a real CIFAR-10 test JPEG
 mkdir -p "$out"
@@ -54,6 +56,15 @@ if "$python" -c 'import torch, timm, onnx, onnxscript' 2>/dev/null; then
   [[ -d tests/web/node_modules/onnxruntime-web ]] ||
     (cd tests/web && npm install --no-save --no-audit --no-fund onnxruntime-web@1.30.0 >/dev/null)
   node tests/web/ort_bench.mjs "$(realpath "$out/vit-b16.onnx")" "$runs"
+  # This machine's speed drifts from minute to minute: ours and onnxruntime-web in turns.
+  echo "== B/16 in turns, $rounds rounds: our page (worker median), onnxruntime-web (median)"
+  for round in $(seq "$rounds"); do
+    ours=$(node tests/web/bench.mjs "$(realpath "$out/dist")" "$(realpath "$out/b16")" "$(realpath "$image")" "$runs" |
+      grep -o '"worker_median_ms":[0-9.]*' | cut -d: -f2)
+    ort=$(node tests/web/ort_bench.mjs "$(realpath "$out/vit-b16.onnx")" "$runs" |
+      grep -o '"median_ms":[0-9.]*' | cut -d: -f2)
+    echo "round $round: ours $ours ms, onnxruntime-web $ort ms"
+  done
 else
   echo "skipped: $python lacks torch, timm, onnx or onnxscript (set PYTHON)"
 fi
