@@ -111,6 +111,14 @@ impl Matrix<'_> {
     fn at(&self, i: usize, j: usize) -> f32 {
         self.values[self.offset + i * self.rows + j * self.columns]
     }
+
+    fn transposed(self) -> Self {
+        Self {
+            rows: self.columns,
+            columns: self.rows,
+            ..self
+        }
+    }
 }
 
 /// Two f32 tensors that this kernel multiplies, read in place.
@@ -215,11 +223,11 @@ fn multiply(
         for depth in (0..k).step_by(KC) {
             let kc = KC.min(k - depth);
             let rhs_panels = aligned(&mut packed.rhs, nc.div_ceil(NR) * NR * kc);
-            pack_rhs(rhs, depth, kc, column, nc, rhs_panels);
+            pack::<NR>(rhs.transposed(), column, nc, depth, kc, rhs_panels);
             for row in (0..m).step_by(MC) {
                 let mc = MC.min(m - row);
                 let lhs_panels = aligned(&mut packed.lhs, mc.div_ceil(MR) * MR * kc);
-                pack_lhs(lhs, row, mc, depth, kc, lhs_panels);
+                pack::<MR>(lhs, row, mc, depth, kc, lhs_panels);
                 let first = depth == 0;
                 for (panel_j, rhs_panel) in rhs_panels.chunks_exact(kc * NR).enumerate() {
                     let j = column + panel_j * NR;
@@ -245,34 +253,24 @@ fn aligned(buffer: &mut Vec<f32>, len: usize) -> &mut [f32] {
     &mut buffer[start..start + len]
 }
 
-/// `lhs[row .. row + mc, depth .. depth + kc]` as panels of `MR` rows, each stored
-/// column by column (`MR` values per step of the kernel), zero-padded.
-fn pack_lhs(lhs: Matrix, row: usize, mc: usize, depth: usize, kc: usize, out: &mut [f32]) {
-    for (panel, out) in out.chunks_exact_mut(kc * MR).enumerate() {
-        let first = row + panel * MR;
-        let rows = MR.min(mc - panel * MR);
-        for (p, out) in out.chunks_exact_mut(MR).enumerate() {
+/// `matrix[first .. first + len, depth .. depth + kc]` as panels of `W` rows, each stored
+/// column by column (`W` values per step of the kernel), zero-padded. The right operand
+/// is packed as its transpose (panels of `NR` columns).
+fn pack<const W: usize>(
+    matrix: Matrix,
+    first: usize,
+    len: usize,
+    depth: usize,
+    kc: usize,
+    out: &mut [f32],
+) {
+    for (panel, out) in out.chunks_exact_mut(kc * W).enumerate() {
+        let start = first + panel * W;
+        let valid = W.min(len - panel * W);
+        for (p, out) in out.chunks_exact_mut(W).enumerate() {
             for (r, out) in out.iter_mut().enumerate() {
-                *out = if r < rows {
-                    lhs.at(first + r, depth + p)
-                } else {
-                    0.0
-                };
-            }
-        }
-    }
-}
-
-/// `rhs[depth .. depth + kc, column .. column + nc]` as panels of `NR` columns, each
-/// stored row by row (`NR` values per step of the kernel), zero-padded.
-fn pack_rhs(rhs: Matrix, depth: usize, kc: usize, column: usize, nc: usize, out: &mut [f32]) {
-    for (panel, out) in out.chunks_exact_mut(kc * NR).enumerate() {
-        let first = column + panel * NR;
-        let columns = NR.min(nc - panel * NR);
-        for (p, out) in out.chunks_exact_mut(NR).enumerate() {
-            for (c, out) in out.iter_mut().enumerate() {
-                *out = if c < columns {
-                    rhs.at(depth + p, first + c)
+                *out = if r < valid {
+                    matrix.at(start + r, depth + p)
                 } else {
                     0.0
                 };
