@@ -1,8 +1,13 @@
-//! The matmuls of inference in the browser, with a kernel of our own (4-lane wasm SIMD),
-//! where 80% of a ViT-B/16 forward pass goes.
+//! The model's matmuls on burn-flex (all of its Linear layers and attention's products
+//! with the probabilities), forward and backward: burn-flex's own matmul first fills a
+//! zeroed byte vector for the output and then copies it into an aligned allocation, a
+//! third of the demo model's training step on the CPU (`perf record`); ours writes the
+//! product once into its output. Natively the product is `gemm`'s, as burn-flex's (AVX-512
+//! kernels, threads); in the browser it is a kernel of our own (4-lane wasm SIMD), where
+//! 80% of a ViT-B/16 forward pass goes.
 //!
-//! burn-flex multiplies matrices with `gemm`, whose wasm kernel multiplies and adds in
-//! two instructions: plain wasm SIMD has no fused multiply-add. Relaxed SIMD has one
+//! burn-flex's wasm build of `gemm` multiplies and adds in two instructions: plain wasm
+//! SIMD has no fused multiply-add. Relaxed SIMD has one
 //! (`f32x4.relaxed_madd`, a single `vfmadd` on x86-64 CPUs with FMA), in Chromium since
 //! version 114 but not in every browser, and a module that uses it does not load where
 //! it is missing. So the web app builds its CPU worker twice, with and without the
@@ -17,36 +22,30 @@
 //! `MC` rows × `KC` as panels of [`MR`] rows (both zero-padded to whole panels), and the
 //! kernel computes one `MR × NR` tile of the output over `KC` steps from one panel of
 //! each, the right panel staying in the L1 cache across the left panels of a block.
-//!
-//! The model uses it only in the browser (wasm32), for inference. Natively burn-flex's
-//! `gemm` has AVX-512 kernels and threads; there the same code (with plain 4-float
-//! arrays for the vectors) is what the unit tests check against burn's matmul. The
-//! browser end-to-end test checks both worker builds against `trainer predict`.
+//! Natively the same kernel (with plain 4-float arrays for the vectors) is what the unit
+//! tests check against burn's matmul. The browser end-to-end test checks both worker
+//! builds against `trainer predict`.
 
+use burn::backend::autodiff::Autodiff;
+use burn::backend::autodiff::checkpoint::{base::Checkpointer, strategy::CheckpointStrategy};
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::ops::FloatTensorOps;
 use burn::backend::tensor::FloatTensor;
-use burn::backend::{Backend, Dispatch, Flex, backend_extension};
+use burn::backend::{Backend, Dispatch, Flex, TensorMetadata, backend_extension};
 use burn::nn::Linear;
-use burn::tensor::{DType, Device, Shape, Tensor};
+use burn::tensor::{DType, Tensor};
 use burn_flex::FlexTensor;
 
 use super::cpu;
+use kernel::{Matrix, Packed};
 
-/// Rows of an output tile.
-const MR: usize = 4;
-/// Columns of an output tile: two vectors.
-const NR: usize = 8;
-/// Depth of a block (a right panel is `KC × NR` floats, 8 KiB).
-const KC: usize = 256;
-/// Rows of a left block (`MC × KC` floats, 64 KiB, for the L2 cache).
-const MC: usize = 64;
-/// Columns of a right block (`KC × NC` floats, 512 KiB).
-const NC: usize = 512;
+mod kernel;
 
-/// `lhs · rhs` for inference: with our kernel in the browser, burn's matmul elsewhere.
+/// `lhs · rhs`: ours on burn-flex (with or without autodiff), burn's elsewhere.
 pub(crate) fn matmul<const D: usize>(lhs: Tensor<D>, rhs: Tensor<D>) -> Tensor<D> {
-    if uses_own_kernel(&lhs.device()) {
-        Tensor::from_dispatch(<Dispatch as PackedMatmul>::packed_matmul(
+    if super::on_flex(&lhs.device()) {
+        Tensor::from_dispatch(<Dispatch as Matmul>::matmul(
             lhs.into_dispatch(),
             rhs.into_dispatch(),
         ))
@@ -57,7 +56,7 @@ pub(crate) fn matmul<const D: usize>(lhs: Tensor<D>, rhs: Tensor<D>) -> Tensor<D
 
 /// `layer.forward(x)`, with [`matmul`].
 pub(crate) fn linear<const D: usize>(layer: &Linear, x: Tensor<D>) -> Tensor<D> {
-    if !uses_own_kernel(&x.device()) {
+    if !super::on_flex(&x.device()) {
         return layer.forward(x);
     }
     let weight = layer.weight.val();
@@ -73,50 +72,78 @@ pub(crate) fn linear<const D: usize>(layer: &Linear, x: Tensor<D>) -> Tensor<D> 
     output.reshape(dims)
 }
 
-/// Inference on burn-flex in the browser (see the module's documentation).
-fn uses_own_kernel(device: &Device) -> bool {
-    cfg!(target_arch = "wasm32") && !device.is_autodiff() && super::on_flex(device)
-}
-
-/// Matrix product with the packed kernel of this module.
-#[backend_extension(Flex)]
-pub trait PackedMatmul: Backend {
-    /// `lhs [..., m, k] · rhs [..., k, n]` with the same batch dimensions.
-    fn packed_matmul(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>) -> FloatTensor<Self> {
+/// Matrix product into an output written once (see the module's documentation).
+#[backend_extension(Flex, Autodiff)]
+pub trait Matmul: Backend {
+    /// `lhs [..., m, k] · rhs [..., k, n]`.
+    fn matmul(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>) -> FloatTensor<Self> {
         Self::float_matmul(lhs, rhs)
     }
 }
 
-impl PackedMatmul for Flex {
-    fn packed_matmul(lhs: FlexTensor, rhs: FlexTensor) -> FlexTensor {
+impl Matmul for Flex {
+    fn matmul(lhs: FlexTensor, rhs: FlexTensor) -> FlexTensor {
         match Operands::of(&lhs, &rhs) {
+            #[cfg(target_arch = "wasm32")]
             Some(operands) => operands.multiply(),
+            #[cfg(not(target_arch = "wasm32"))]
+            Some(operands) => operands.multiply_with_gemm(),
             // Another dtype, broadcast batch dimensions or negative strides: burn-flex's.
             None => <Self as FloatTensorOps<Self>>::float_matmul(lhs, rhs),
         }
     }
 }
 
-/// A strided matrix: element `(i, j)` is `values[offset + i·rows + j·columns]`.
-#[derive(Clone, Copy)]
-struct Matrix<'a> {
-    values: &'a [f32],
-    offset: usize,
-    rows: usize,
-    columns: usize,
-}
+/// The backward pass of a product with the same batch dimensions on both sides:
+/// `d lhs = d out · rhsᵀ`, `d rhs = lhsᵀ · d out`, both with [`Matmul::matmul`].
+impl<B: Backend + Matmul, C: CheckpointStrategy> Matmul for Autodiff<B, C> {
+    fn matmul(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct MatmulBackward;
 
-impl Matrix<'_> {
-    #[inline(always)]
-    fn at(&self, i: usize, j: usize) -> f32 {
-        self.values[self.offset + i * self.rows + j * self.columns]
-    }
+        impl<B: Backend + Matmul> Backward<B, 2> for MatmulBackward {
+            /// The two operands.
+            type State = (FloatTensor<B>, FloatTensor<B>);
 
-    fn transposed(self) -> Self {
-        Self {
-            rows: self.columns,
-            columns: self.rows,
-            ..self
+            fn backward(
+                self,
+                ops: Ops<Self::State, 2>,
+                grads: &mut Gradients,
+                _checkpointer: &mut Checkpointer,
+            ) {
+                let [lhs_node, rhs_node] = ops.parents;
+                let grad = grads.consume::<B>(&ops.node);
+                let (lhs, rhs) = ops.state;
+                let rank = grad.shape().num_dims();
+                let transpose = |tensor| B::float_swap_dims(tensor, rank - 2, rank - 1);
+                if let Some(node) = lhs_node {
+                    grads.register::<B>(node.id, B::matmul(grad.clone(), transpose(rhs)));
+                }
+                if let Some(node) = rhs_node {
+                    grads.register::<B>(node.id, B::matmul(transpose(lhs), grad));
+                }
+            }
+        }
+
+        // Broadcast batch dimensions need their gradients summed: burn's autodiff matmul.
+        let (left, right) = (lhs.shape(), rhs.shape());
+        let rank = left.num_dims();
+        if rank < 2 || right.num_dims() != rank || left[..rank - 2] != right[..rank - 2] {
+            return <Self as FloatTensorOps<Self>>::float_matmul(lhs, rhs);
+        }
+        match MatmulBackward
+            .prepare::<C>([lhs.node(), rhs.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let (lhs, rhs) = (lhs.into_primitive(), rhs.into_primitive());
+                let output = B::matmul(lhs.clone(), rhs.clone());
+                prep.finish((lhs, rhs), output)
+            }
+            OpsKind::UnTracked(prep) => {
+                prep.finish(B::matmul(lhs.into_primitive(), rhs.into_primitive()))
+            }
         }
     }
 }
@@ -158,20 +185,98 @@ impl<'a> Operands<'a> {
         })
     }
 
-    /// The product, a new contiguous tensor.
+    /// Matrices in the batch.
+    fn count(&self) -> usize {
+        self.batch.iter().product()
+    }
+
+    /// A contiguous tensor of the product's shape.
+    fn output(&self, values: Vec<f32>) -> FlexTensor {
+        let mut shape = self.batch.clone();
+        shape.extend([self.m, self.n]);
+        cpu::tensor(values, shape.into())
+    }
+
+    /// The product with our kernel (natively only in the unit tests), a new contiguous tensor.
+    #[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
     fn multiply(&self) -> FlexTensor {
         let (m, n) = (self.m, self.n);
-        let count: usize = self.batch.iter().product();
-        let mut output = vec![0.0f32; count * m * n];
+        let mut output = vec![0.0f32; self.count() * m * n];
         let mut packed = Packed::default();
-        for (index, out) in output.chunks_mut((m * n).max(1)).enumerate().take(count) {
+        for (index, out) in output.chunks_mut((m * n).max(1)).enumerate() {
             let lhs = self.matrix(self.lhs, index);
             let rhs = self.matrix(self.rhs, index);
-            multiply(lhs, rhs, self.k, out, n, &mut packed);
+            kernel::multiply(lhs, rhs, self.k, out, n, &mut packed);
         }
-        let mut shape = self.batch.clone();
-        shape.extend([m, n]);
-        cpu::tensor(output, Shape::from(shape))
+        self.output(output)
+    }
+
+    /// The product with `gemm`, threaded as burn-flex does it: on a large matrix, in
+    /// `gemm`; on a batch of small ones, one matrix per task.
+    #[cfg(not(target_arch = "wasm32"))]
+    fn multiply_with_gemm(&self) -> FlexTensor {
+        use rayon::prelude::*;
+        use std::mem::MaybeUninit;
+        // burn-flex's thresholds (multiply-adds).
+        const LARGE: usize = 192 * 192 * 192;
+        const LARGE_BATCH: usize = 128 * 128 * 128;
+
+        let (m, k, n) = (self.m, self.k, self.n);
+        let (count, size) = (self.count(), m * n);
+        let mut output = Vec::<f32>::with_capacity(count * size);
+        if size > 0 {
+            let one = |index: usize, out: &mut [MaybeUninit<f32>], parallelism| {
+                let lhs = self.matrix(self.lhs, index);
+                let rhs = self.matrix(self.rhs, index);
+                // SAFETY: `out` holds `m × n` values; the operands' offsets and strides are
+                // their tensors' own, within their storage. gemm writes every value of
+                // `out` and reads none (`read_dst` false; all zeros where `k` is 0).
+                unsafe {
+                    gemm::gemm(
+                        m,
+                        n,
+                        k,
+                        out.as_mut_ptr().cast::<f32>(),
+                        1,
+                        n as isize,
+                        false,
+                        lhs.values.as_ptr().add(lhs.offset),
+                        lhs.columns as isize,
+                        lhs.rows as isize,
+                        rhs.values.as_ptr().add(rhs.offset),
+                        rhs.columns as isize,
+                        rhs.rows as isize,
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        parallelism,
+                    )
+                }
+            };
+            let outputs = output.spare_capacity_mut()[..count * size].chunks_mut(size);
+            let work = size * k;
+            if count > 1 && count * work >= LARGE_BATCH && (count >= 4 || work < LARGE) {
+                outputs
+                    .collect::<Vec<_>>()
+                    .into_par_iter()
+                    .enumerate()
+                    .for_each(|(index, out)| one(index, out, gemm::Parallelism::None));
+            } else {
+                let parallelism = if work >= LARGE {
+                    gemm::Parallelism::Rayon(0)
+                } else {
+                    gemm::Parallelism::None
+                };
+                for (index, out) in outputs.enumerate() {
+                    one(index, out, parallelism);
+                }
+            }
+        }
+        // SAFETY: gemm has written all `count × m × n` values (none when `size` is 0).
+        unsafe { output.set_len(count * size) };
+        self.output(output)
     }
 
     /// The `index`-th matrix (in row-major order of the batch dimensions) of `tensor`.
@@ -194,220 +299,29 @@ impl<'a> Operands<'a> {
     }
 }
 
-/// Buffers for the packed operands, reused across the matrices of a batch.
-#[derive(Default)]
-struct Packed {
-    lhs: Vec<f32>,
-    rhs: Vec<f32>,
-}
-
-/// `out (m × n, row-major, rows `out_stride` apart) = lhs (m × k) · rhs (k × n)`.
-/// With the `relaxed-simd` feature, compiled with relaxed SIMD (the kernel inlines into
-/// it), whose fused multiply-add does the kernel's work in half the instructions.
-#[cfg_attr(
-    all(target_arch = "wasm32", feature = "relaxed-simd"),
-    target_feature(enable = "relaxed-simd")
-)]
-fn multiply(
-    lhs: Matrix,
-    rhs: Matrix,
-    k: usize,
-    out: &mut [f32],
-    out_stride: usize,
-    packed: &mut Packed,
-) {
-    let m = out.len() / out_stride.max(1);
-    let n = out_stride;
-    for column in (0..n).step_by(NC) {
-        let nc = NC.min(n - column);
-        for depth in (0..k).step_by(KC) {
-            let kc = KC.min(k - depth);
-            let rhs_panels = aligned(&mut packed.rhs, nc.div_ceil(NR) * NR * kc);
-            pack::<NR>(rhs.transposed(), column, nc, depth, kc, rhs_panels);
-            for row in (0..m).step_by(MC) {
-                let mc = MC.min(m - row);
-                let lhs_panels = aligned(&mut packed.lhs, mc.div_ceil(MR) * MR * kc);
-                pack::<MR>(lhs, row, mc, depth, kc, lhs_panels);
-                let first = depth == 0;
-                for (panel_j, rhs_panel) in rhs_panels.chunks_exact(kc * NR).enumerate() {
-                    let j = column + panel_j * NR;
-                    let width = NR.min(n - j);
-                    for (panel_i, lhs_panel) in lhs_panels.chunks_exact(kc * MR).enumerate() {
-                        let i = row + panel_i * MR;
-                        let tile = kernel(lhs_panel, rhs_panel);
-                        let height = MR.min(m - i);
-                        store(&tile, &mut out[i * n + j..], n, height, width, first);
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// `len` values of `buffer` that start on a 64-byte cache line, so that no vector load
-/// of the kernel straddles two lines (the allocator aligns to 8 or 16 bytes only).
-fn aligned(buffer: &mut Vec<f32>, len: usize) -> &mut [f32] {
-    const LINE: usize = 64 / size_of::<f32>();
-    buffer.resize(len + LINE, 0.0);
-    let start = buffer.as_ptr().align_offset(64).min(LINE);
-    &mut buffer[start..start + len]
-}
-
-/// `matrix[first .. first + len, depth .. depth + kc]` as panels of `W` rows, each stored
-/// column by column (`W` values per step of the kernel), zero-padded. The right operand
-/// is packed as its transpose (panels of `NR` columns).
-fn pack<const W: usize>(
-    matrix: Matrix,
-    first: usize,
-    len: usize,
-    depth: usize,
-    kc: usize,
-    out: &mut [f32],
-) {
-    for (panel, out) in out.chunks_exact_mut(kc * W).enumerate() {
-        let start = first + panel * W;
-        let valid = W.min(len - panel * W);
-        for (p, out) in out.chunks_exact_mut(W).enumerate() {
-            for (r, out) in out.iter_mut().enumerate() {
-                *out = if r < valid {
-                    matrix.at(start + r, depth + p)
-                } else {
-                    0.0
-                };
-            }
-        }
-    }
-}
-
-/// One `MR × NR` tile: `Σ_p lhs_panel[p] ⊗ rhs_panel[p]`, rows of two vectors. Inlined
-/// (as is `store`), so that the loops of `multiply` call nothing that V8 could inline.
-#[inline(always)]
-fn kernel(lhs_panel: &[f32], rhs_panel: &[f32]) -> [[F32x4; 2]; MR] {
-    let mut tile = [[F32x4::zero(); 2]; MR];
-    for (a, b) in lhs_panel.chunks_exact(MR).zip(rhs_panel.chunks_exact(NR)) {
-        let b0 = F32x4::load(&b[..4]);
-        let b1 = F32x4::load(&b[4..]);
-        for (row, &a) in tile.iter_mut().zip(a) {
-            let a = F32x4::splat(a);
-            row[0] = row[0].mul_add(a, b0);
-            row[1] = row[1].mul_add(a, b1);
-        }
-    }
-    tile
-}
-
-/// Writes (`first`) or adds a tile to the output at `out` (rows `stride` apart), only
-/// its first `height` rows and `width` columns.
-#[inline(always)]
-fn store(
-    tile: &[[F32x4; 2]; MR],
-    out: &mut [f32],
-    stride: usize,
-    height: usize,
-    width: usize,
-    first: bool,
-) {
-    for (r, row) in tile.iter().enumerate().take(height) {
-        let mut values = [0.0f32; NR];
-        row[0].store(&mut values[..4]);
-        row[1].store(&mut values[4..]);
-        let out = &mut out[r * stride..r * stride + width];
-        if first {
-            out.copy_from_slice(&values[..width]);
-        } else {
-            for (out, value) in out.iter_mut().zip(values) {
-                *out += value;
-            }
-        }
-    }
-}
-
-/// Four f32 lanes: wasm's `v128` in the browser, a plain array natively (a product,
-/// then a sum, as the plain SIMD build: the same results).
-#[cfg(target_arch = "wasm32")]
-#[derive(Clone, Copy)]
-struct F32x4(core::arch::wasm32::v128);
-
-#[cfg(target_arch = "wasm32")]
-impl F32x4 {
-    #[inline(always)]
-    fn zero() -> Self {
-        Self(core::arch::wasm32::f32x4_splat(0.0))
-    }
-
-    #[inline(always)]
-    fn splat(value: f32) -> Self {
-        Self(core::arch::wasm32::f32x4_splat(value))
-    }
-
-    #[inline(always)]
-    fn load(values: &[f32]) -> Self {
-        let values: &[f32; 4] = values.try_into().expect("four values");
-        // SAFETY: `values` is four f32, 16 readable bytes; v128_load has no alignment
-        // requirement.
-        Self(unsafe { core::arch::wasm32::v128_load(values.as_ptr().cast()) })
-    }
-
-    #[inline(always)]
-    fn store(self, out: &mut [f32]) {
-        let out: &mut [f32; 4] = out.try_into().expect("four values");
-        // SAFETY: `out` is four f32, 16 writable bytes; no alignment requirement.
-        unsafe { core::arch::wasm32::v128_store(out.as_mut_ptr().cast(), self.0) }
-    }
-
-    /// `self + a·b`: one fused instruction with relaxed SIMD (rounded once or twice, as
-    /// the CPU does it), a product and a sum without.
-    #[inline(always)]
-    fn mul_add(self, a: Self, b: Self) -> Self {
-        use core::arch::wasm32::*;
-        #[cfg(feature = "relaxed-simd")]
-        return Self(f32x4_relaxed_madd(a.0, b.0, self.0));
-        #[cfg(not(feature = "relaxed-simd"))]
-        return Self(f32x4_add(self.0, f32x4_mul(a.0, b.0)));
-    }
-}
-
-#[cfg(not(target_arch = "wasm32"))]
-#[derive(Clone, Copy)]
-struct F32x4([f32; 4]);
-
-#[cfg(not(target_arch = "wasm32"))]
-impl F32x4 {
-    fn zero() -> Self {
-        Self([0.0; 4])
-    }
-
-    fn splat(value: f32) -> Self {
-        Self([value; 4])
-    }
-
-    fn load(values: &[f32]) -> Self {
-        Self(values.try_into().expect("four values"))
-    }
-
-    fn store(self, out: &mut [f32]) {
-        out.copy_from_slice(&self.0);
-    }
-
-    fn mul_add(self, a: Self, b: Self) -> Self {
-        Self(std::array::from_fn(|i| self.0[i] + a.0[i] * b.0[i]))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::tensor::{Distribution, TensorData, Tolerance};
+    use burn::tensor::{Device, Distribution, TensorData, Tolerance};
 
     fn device() -> Device {
         burn::backend::FlexDevice.into()
     }
 
+    /// The product with this module's kernel (what the browser runs).
     fn packed<const D: usize>(lhs: Tensor<D>, rhs: Tensor<D>) -> Tensor<D> {
-        Tensor::from_dispatch(<Dispatch as PackedMatmul>::packed_matmul(
-            lhs.into_dispatch(),
-            rhs.into_dispatch(),
-        ))
+        let flex = |tensor: Tensor<D>| FlexTensor::from_data(tensor.into_data());
+        let (lhs, rhs) = (flex(lhs), flex(rhs));
+        let product = match Operands::of(&lhs, &rhs) {
+            Some(operands) => operands.multiply(),
+            None => Flex::matmul(lhs, rhs),
+        };
+        Tensor::from_data(product.into_data(), &device())
+    }
+
+    /// The product with [`matmul`] (natively gemm's, into an output written once).
+    fn ours<const D: usize>(lhs: Tensor<D>, rhs: Tensor<D>) -> Tensor<D> {
+        matmul(lhs, rhs)
     }
 
     fn random<const D: usize>(shape: [usize; D]) -> Tensor<D> {
@@ -473,6 +387,59 @@ mod tests {
     #[test]
     fn falls_back_to_burn_for_broadcast_batches() {
         let (lhs, rhs) = (random([2, 3, 5]), random([1, 5, 4]));
-        assert_close(packed(lhs.clone(), rhs.clone()), lhs.matmul(rhs));
+        assert_close(
+            packed(lhs.clone(), rhs.clone()),
+            lhs.clone().matmul(rhs.clone()),
+        );
+        assert_close(ours(lhs.clone(), rhs.clone()), lhs.matmul(rhs));
+    }
+
+    #[test]
+    fn gemm_path_equals_burns_matmul_on_every_threading_branch() {
+        // One large matrix (threads in gemm), a batch of small ones (one task each),
+        // a small single product, an empty depth (zeros), strided operands.
+        for (batch, m, k, n) in [
+            (1, 200, 200, 200),
+            (8, 40, 64, 40),
+            (1, 3, 5, 7),
+            (2, 3, 0, 4),
+        ] {
+            let (lhs, rhs) = (random([batch, m, k]), random([batch, k, n]));
+            assert_close(ours(lhs.clone(), rhs.clone()), lhs.matmul(rhs));
+        }
+        let (lhs, rhs) = (random([2, 9, 6]), random([2, 7, 9]));
+        let expected = lhs
+            .clone()
+            .swap_dims(1, 2)
+            .matmul(rhs.clone().swap_dims(1, 2));
+        assert_close(ours(lhs.swap_dims(1, 2), rhs.swap_dims(1, 2)), expected);
+    }
+
+    #[test]
+    fn gradients_equal_burns_matmul() {
+        // Both operands tracked, then only the right one (a layer's weight after an
+        // input that needs no gradient), through a strided (transposed) operand.
+        let autodiff = device().autodiff();
+        let data = |shape| random(shape).into_data();
+        let values = (data([2, 5, 6]), data([2, 4, 5]), data([2, 6, 4]));
+        for lhs_tracked in [true, false] {
+            let gradients = |product: fn(Tensor<3>, Tensor<3>) -> Tensor<3>| {
+                let lhs = Tensor::<3>::from_data(values.0.clone(), &autodiff);
+                let lhs = if lhs_tracked { lhs.require_grad() } else { lhs };
+                let rhs = Tensor::<3>::from_data(values.1.clone(), &autodiff).require_grad();
+                let output = product(lhs.clone().swap_dims(1, 2), rhs.clone().swap_dims(1, 2));
+                let weights = Tensor::<3>::from_data(values.2.clone(), &autodiff);
+                let grads = (output * weights).sum().backward();
+                (lhs.grad(&grads), rhs.grad(&grads))
+            };
+            let ((ours_lhs, ours_rhs), (burns_lhs, burns_rhs)) =
+                (gradients(ours), gradients(|a, b| a.matmul(b)));
+            assert_eq!(ours_lhs.is_some(), lhs_tracked);
+            assert_eq!(burns_lhs.is_some(), lhs_tracked);
+            if let (Some(a), Some(b)) = (ours_lhs, burns_lhs) {
+                assert_close(a, b);
+            }
+            assert_close(ours_rhs.unwrap(), burns_rhs.unwrap());
+        }
     }
 }
