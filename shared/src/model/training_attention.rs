@@ -27,6 +27,9 @@ use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, Dispatch, ExtensionType, TensorMetadata};
 use burn::backend::{Flex, backend_extension};
 use burn::tensor::Tensor;
+use burn_flex::FlexTensor;
+
+use super::matmul::Matmul;
 
 /// The gradients of the attention inputs.
 #[derive(ExtensionType)]
@@ -65,30 +68,49 @@ pub trait TrainingAttention: Backend {
         output: FloatTensor<Self>,
         output_grad: FloatTensor<Self>,
     ) -> AttentionGradients<Self> {
-        let head_dim = query.shape()[3];
-        let scale = 1.0 / (head_dim as f64).sqrt();
-        let transpose = |tensor| Self::float_swap_dims(tensor, 2, 3);
-        let scores = Self::float_mul_scalar(
-            Self::float_matmul(query.clone(), transpose(key.clone())),
-            scale.into(),
-        );
-        let probabilities = Self::softmax(scores, 3);
-        let value_grad = Self::float_matmul(transpose(probabilities.clone()), output_grad.clone());
-        let probabilities_grad = Self::float_matmul(output_grad.clone(), transpose(value));
-        let row_dot = Self::float_sum_dim(Self::float_mul(output_grad, output), 3);
-        let scores_grad = Self::float_mul_scalar(
-            Self::float_mul(probabilities, Self::float_sub(probabilities_grad, row_dot)),
-            scale.into(),
-        );
-        AttentionGradients {
-            query: Self::float_matmul(scores_grad.clone(), key),
-            key: Self::float_matmul(transpose(scores_grad), query),
-            value: value_grad,
-        }
+        backward::<Self>([query, key, value, output, output_grad], Self::float_matmul)
     }
 }
 
-impl TrainingAttention for Flex {}
+/// [`TrainingAttention::training_attention_backward`] with the backend's `matmul`.
+fn backward<B: Backend>(
+    [query, key, value, output, output_grad]: [FloatTensor<B>; 5],
+    matmul: impl Fn(FloatTensor<B>, FloatTensor<B>) -> FloatTensor<B>,
+) -> AttentionGradients<B> {
+    let head_dim = query.shape()[3];
+    let scale = 1.0 / (head_dim as f64).sqrt();
+    let transpose = |tensor| B::float_swap_dims(tensor, 2, 3);
+    let scores = B::float_mul_scalar(matmul(query.clone(), transpose(key.clone())), scale.into());
+    let probabilities = B::softmax(scores, 3);
+    let value_grad = matmul(transpose(probabilities.clone()), output_grad.clone());
+    let probabilities_grad = matmul(output_grad.clone(), transpose(value));
+    let row_dot = B::float_sum_dim(B::float_mul(output_grad, output), 3);
+    let scores_grad = B::float_mul_scalar(
+        B::float_mul(probabilities, B::float_sub(probabilities_grad, row_dot)),
+        scale.into(),
+    );
+    AttentionGradients {
+        query: matmul(scores_grad.clone(), key),
+        key: matmul(transpose(scores_grad), query),
+        value: value_grad,
+    }
+}
+
+/// On burn-flex with our matmul (see `matmul.rs`).
+impl TrainingAttention for Flex {
+    fn training_attention_backward(
+        query: FlexTensor,
+        key: FlexTensor,
+        value: FlexTensor,
+        output: FlexTensor,
+        output_grad: FlexTensor,
+    ) -> AttentionGradients<Self> {
+        backward::<Self>(
+            [query, key, value, output, output_grad],
+            <Self as Matmul>::matmul,
+        )
+    }
+}
 
 #[cfg(feature = "tch")]
 impl TrainingAttention for LibTorch {}
