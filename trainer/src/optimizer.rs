@@ -16,6 +16,7 @@ use burn::optim::GradientsParams;
 use burn::tensor::{Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 use vit::checkpoint::Array;
+use vit::model::sgd::momentum_step;
 
 use crate::parameters::{Parameter, parameters};
 
@@ -240,19 +241,18 @@ struct Update<'a> {
 }
 
 impl Update<'_> {
-    /// The change to subtract from a parameter `value` with gradient `grad` (both flat),
-    /// updating the buffers.
-    fn delta(&mut self, id: ParamId, value: &Tensor<1>, grad: Tensor<1>) -> Tensor<1> {
-        let grad = grad * self.scale;
+    /// The new value of a parameter `value` with gradient `grad` (both flat), updating
+    /// the buffers.
+    fn update(&mut self, id: ParamId, value: Tensor<1>, grad: Tensor<1>) -> Tensor<1> {
         let state = &mut *self.state;
         match state.rule {
             Rule::Sgd { momentum } => {
-                let trace = match state.first.remove(&id) {
-                    Some(trace) => grad + trace * momentum,
-                    None => grad,
-                };
-                state.first.insert(id, trace.clone());
-                trace * self.lr
+                // No trace before the first update: zeros give `trace = grad·scale`.
+                let trace = state.first.remove(&id).unwrap_or_else(|| grad.zeros_like());
+                let (value, trace) =
+                    momentum_step(value, grad, trace, self.scale, momentum, self.lr);
+                state.first.insert(id, trace);
+                value
             }
             Rule::AdamW {
                 beta1,
@@ -260,6 +260,7 @@ impl Update<'_> {
                 eps,
                 weight_decay,
             } => {
+                let grad = grad * self.scale;
                 let t = state.steps as i32;
                 let exp_avg = match state.first.remove(&id) {
                     // PyTorch's `lerp_`: m + (g − m)·(1 − β1).
@@ -276,12 +277,13 @@ impl Update<'_> {
                 let adam = exp_avg.clone() / denominator * step_size;
                 state.first.insert(id, exp_avg);
                 state.second.insert(id, exp_avg_sq);
-                if self.decayed.contains(&id) && weight_decay > 0.0 {
+                let delta = if self.decayed.contains(&id) && weight_decay > 0.0 {
                     // p·(1 − lr·wd) − adam = p − (p·lr·wd + adam).
                     value.clone() * (self.lr * weight_decay) + adam
                 } else {
                     adam
-                }
+                };
+                value - delta
             }
         }
     }
@@ -296,11 +298,9 @@ impl ModuleMapper for Update<'_> {
         param.map(|tensor| {
             let shape = tensor.shape();
             let count = shape.num_elements();
-            let value = tensor.inner();
-            let flat: Tensor<1> = value.clone().reshape([count]);
-            let delta = self.delta(id, &flat, grad.reshape([count]));
-            let updated = value - delta.reshape(shape);
-            Tensor::from_inner(updated).require_grad()
+            let flat: Tensor<1> = tensor.inner().reshape([count]);
+            let updated = self.update(id, flat, grad.reshape([count]));
+            Tensor::from_inner(updated.reshape(shape)).require_grad()
         })
     }
 }

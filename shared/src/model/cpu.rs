@@ -2,6 +2,8 @@
 //! tensors as slices, and running loops over chunks of an output on the thread pool,
 //! compiled for the widest vector unit the CPU has.
 
+use std::mem::MaybeUninit;
+
 use burn::tensor::{DType, Shape, TensorData};
 use burn_flex::FlexTensor;
 
@@ -18,24 +20,77 @@ pub(super) fn tensor(values: Vec<f32>, shape: Shape) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(values, shape))
 }
 
-/// Calls `work(index, piece)` on the consecutive `chunk`-long pieces of `output` (the
-/// last may be shorter) and returns what each call returns, in order. Pieces run on
-/// the thread pool (not in the browser, which has one thread), with AVX2 where the CPU
-/// has it. The split does not depend on the number of threads, so neither do results
-/// that the caller combines in order.
-pub(super) fn for_each_chunk<R: Send>(
-    output: &mut [f32],
+/// A new `len`-long output computed piece by piece: `work(index, piece)` on its
+/// consecutive `chunk`-long pieces (the last may be shorter), which returns what each
+/// call returns, in order. Pieces run on the thread pool (not in the browser, which has
+/// one thread), with AVX2 where the CPU has it. The split does not depend on the number
+/// of threads, so neither do results that the caller combines in order.
+///
+/// Each task zeroes its own piece before `work` sees it: `vec![0.0; len]` would zero
+/// the whole output first on the calling thread, a serial pass over memory (mimalloc
+/// reuses freed blocks, so they are not fresh zero pages) while the pool waits.
+pub(super) fn compute<R: Send>(
+    len: usize,
     chunk: usize,
     work: impl Fn(usize, &mut [f32]) -> R + Sync,
-) -> Vec<R> {
-    let run = |(index, piece): (usize, &mut [f32])| vectorised(|| work(index, piece));
+) -> (Vec<f32>, Vec<R>) {
+    let mut output = Vec::with_capacity(len);
+    let run = |(index, piece)| vectorised(|| work(index, zeroed(piece)));
+    let pieces = output.spare_capacity_mut()[..len].chunks_mut(chunk.max(1));
+    #[cfg(not(target_arch = "wasm32"))]
+    let results = {
+        use rayon::prelude::*;
+        pieces
+            .collect::<Vec<_>>()
+            .into_par_iter()
+            .enumerate()
+            .map(run)
+            .collect()
+    };
+    #[cfg(target_arch = "wasm32")]
+    let results = pieces.enumerate().map(run).collect();
+    // SAFETY: the pieces cover the first `len` values, and each was zeroed.
+    unsafe { output.set_len(len) };
+    (output, results)
+}
+
+/// [`compute`] for two outputs of one length at once: `work(index, a, b)` on the
+/// `index`-th pieces of both.
+pub(super) fn compute_pair(
+    len: usize,
+    chunk: usize,
+    work: impl Fn(usize, &mut [f32], &mut [f32]) + Sync,
+) -> (Vec<f32>, Vec<f32>) {
+    let (mut first, mut second) = (Vec::with_capacity(len), Vec::with_capacity(len));
+    let run = |(index, (a, b))| vectorised(|| work(index, zeroed(a), zeroed(b)));
+    let a = first.spare_capacity_mut()[..len].chunks_mut(chunk.max(1));
+    let b = second.spare_capacity_mut()[..len].chunks_mut(chunk.max(1));
+    let pairs = a.zip(b);
     #[cfg(not(target_arch = "wasm32"))]
     {
         use rayon::prelude::*;
-        output.par_chunks_mut(chunk).enumerate().map(run).collect()
+        pairs
+            .collect::<Vec<_>>()
+            .into_par_iter()
+            .enumerate()
+            .for_each(run);
     }
     #[cfg(target_arch = "wasm32")]
-    output.chunks_mut(chunk).enumerate().map(run).collect()
+    pairs.enumerate().for_each(run);
+    // SAFETY: the pieces of each cover its first `len` values, and each was zeroed.
+    unsafe {
+        first.set_len(len);
+        second.set_len(len);
+    }
+    (first, second)
+}
+
+/// `piece`, zeroed, as initialised values.
+fn zeroed(piece: &mut [MaybeUninit<f32>]) -> &mut [f32] {
+    piece.fill(MaybeUninit::new(0.0));
+    // SAFETY: every value of `piece` is initialised, and `MaybeUninit<f32>` has the
+    // layout of `f32`.
+    unsafe { &mut *(piece as *mut [MaybeUninit<f32>] as *mut [f32]) }
 }
 
 /// Runs `work` (inlined) compiled for AVX2 where the CPU has it: eight lanes instead of

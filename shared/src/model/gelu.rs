@@ -157,11 +157,10 @@ fn contiguous_f32<'a>(
 }
 
 /// A new f32 tensor of `shape` whose chunks `fill(start, chunk)` writes (see
-/// [`cpu::for_each_chunk`]).
+/// [`cpu::compute`]).
 fn map(shape: Shape, fill: impl Fn(usize, &mut [f32]) + Sync) -> FlexTensor {
     const CHUNK: usize = 1 << 14;
-    let mut output = vec![0.0f32; shape.num_elements()];
-    cpu::for_each_chunk(&mut output, CHUNK, |index, chunk| {
+    let (output, _) = cpu::compute(shape.num_elements(), CHUNK, |index, chunk| {
         fill(index * CHUNK, chunk)
     });
     cpu::tensor(output, shape)

@@ -244,10 +244,9 @@ fn backward_f32(
     let size = gamma.len();
     // Rows per piece of work, as burn-flex's forward kernel.
     let chunk = 64 * size;
-    let mut input_grad = vec![0.0f32; x.len()];
     // Each piece's column sums of g·x̂ and of g, in f64, added up below in order (so the
     // result does not depend on the number of threads).
-    let partial_sums = cpu::for_each_chunk(&mut input_grad, chunk, |index, out| {
+    let (input_grad, partial_sums) = cpu::compute(x.len(), chunk, |index, out| {
         let start = index * chunk;
         let x = &x[start..start + out.len()];
         let grad = &grad[start..start + out.len()];

@@ -8,6 +8,7 @@ pub mod gelu;
 mod layer_norm;
 mod matmul;
 mod mlp;
+pub mod sgd;
 pub mod training_attention;
 mod vit;
 
