@@ -1,12 +1,9 @@
 use burn::module::Module;
 use burn::nn::{Dropout, DropoutConfig, Initializer, Linear, LinearConfig};
-use burn::tensor::activation::softmax;
-use burn::tensor::module::attention;
-use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Device, Tensor};
 
 use super::matmul::{linear, matmul};
-use super::training_attention;
+use super::{attention_kernel, training_attention};
 
 /// Multi-head self-attention, as flax `MultiHeadDotProductAttention`.
 ///
@@ -68,14 +65,7 @@ impl MultiHeadDotProductAttention {
         let context = if training_attention::supported(&query.device()) {
             training_attention::attention(query, key, value)
         } else {
-            attention(
-                query,
-                key,
-                value,
-                None,
-                None,
-                AttentionModuleOptions::default(),
-            )
+            attention_kernel::attention(query, key, value)
         };
         self.merge_heads(context, batch, tokens, hidden)
     }
@@ -84,9 +74,7 @@ impl MultiHeadDotProductAttention {
     pub fn forward_with_probabilities(&self, x: Tensor<3>) -> (Tensor<3>, Tensor<4>) {
         let [batch, tokens, hidden] = x.dims();
         let (query, key, value) = self.project(x);
-        let head_dim = hidden / self.num_heads;
-        let scores = matmul(query, key.swap_dims(2, 3)) / (head_dim as f64).sqrt();
-        let probabilities = softmax(scores, 3);
+        let probabilities = attention_kernel::probabilities(query, key);
         let context = matmul(self.dropout.forward(probabilities.clone()), value);
         (
             self.merge_heads(context, batch, tokens, hidden),

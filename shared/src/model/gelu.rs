@@ -28,7 +28,7 @@ use burn::tensor::activation::sigmoid;
 use burn::tensor::{Shape, Tensor};
 use burn_flex::FlexTensor;
 
-use super::cpu;
+use super::cpu::{self, exp_f32};
 
 /// 2·√(2/π).
 const K: f32 = 2.0 * 0.797_884_6;
@@ -183,30 +183,6 @@ fn gelu_backward_f32(x: f32, grad: f32) -> f32 {
 #[inline(always)]
 fn sigmoid_f32(u: f32) -> f32 {
     1.0 / (1.0 + exp_f32(-u))
-}
-
-/// `e^x` for f32 without a library call, so that loops over it vectorise: `2^n · p(r)`
-/// with `x = n·ln 2 + r`, |r| ≤ ln 2 / 2, and Cephes' degree-5 minimax polynomial for
-/// `(e^r − 1 − r) / r²` (about 1 ulp over the range). Inputs are clamped to [−87, 88],
-/// where the result stays a normal, finite f32 (σ(u) below e^−87 is 0 to f32 anyway).
-#[inline(always)]
-fn exp_f32(x: f32) -> f32 {
-    const LOG2_E: f32 = std::f32::consts::LOG2_E;
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
-    // Adding 1.5·2²³ rounds to the nearest integer, which lands in the low mantissa bits.
-    const ROUND: f32 = 12_582_912.0;
-    let x = x.clamp(-87.0, 88.0);
-    let shifted = x * LOG2_E + ROUND;
-    let n = shifted - ROUND;
-    let r = x - n * LN2_HI - n * LN2_LO;
-    let p = ((((1.987_569_2e-4 * r + 1.398_2e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
-        + 1.666_666_5e-1)
-        * r
-        + 0.5;
-    let p = p * r * r + r + 1.0;
-    let exponent = (shifted.to_bits() as i32).wrapping_sub(ROUND.to_bits() as i32);
-    p * f32::from_bits(((exponent + 127) << 23) as u32)
 }
 
 /// flax's `nn.gelu` (tanh approximation), see the module's documentation.

@@ -38,7 +38,8 @@ use burn::tensor::{DType, Tensor};
 use burn_flex::FlexTensor;
 
 use super::cpu;
-use kernel::{Matrix, Packed};
+pub(in crate::model) use kernel::Matrix;
+use kernel::Packed;
 
 mod kernel;
 
@@ -228,32 +229,7 @@ impl<'a> Operands<'a> {
             let one = |index: usize, out: &mut [MaybeUninit<f32>], parallelism| {
                 let lhs = self.matrix(self.lhs, index);
                 let rhs = self.matrix(self.rhs, index);
-                // SAFETY: `out` holds `m × n` values; the operands' offsets and strides are
-                // their tensors' own, within their storage. gemm writes every value of
-                // `out` and reads none (`read_dst` false; all zeros where `k` is 0).
-                unsafe {
-                    gemm::gemm(
-                        m,
-                        n,
-                        k,
-                        out.as_mut_ptr().cast::<f32>(),
-                        1,
-                        n as isize,
-                        false,
-                        lhs.values.as_ptr().add(lhs.offset),
-                        lhs.columns as isize,
-                        lhs.rows as isize,
-                        rhs.values.as_ptr().add(rhs.offset),
-                        rhs.columns as isize,
-                        rhs.rows as isize,
-                        0.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        parallelism,
-                    )
-                }
+                gemm_into(lhs, rhs, [m, k, n], out, parallelism);
             };
             let outputs = output.spare_capacity_mut()[..count * size].chunks_mut(size);
             let work = size * k;
@@ -296,6 +272,57 @@ impl<'a> Operands<'a> {
             rows: strides[rank - 2] as usize,
             columns: strides[rank - 1] as usize,
         }
+    }
+}
+
+/// `out (m × n, rows n apart) = lhs (m × k) · rhs (k × n)` with gemm (`[m, k, n]`):
+/// writes every value of `out`, reads none.
+#[cfg(not(target_arch = "wasm32"))]
+pub(super) fn gemm_into(
+    lhs: Matrix,
+    rhs: Matrix,
+    [m, k, n]: [usize; 3],
+    out: &mut [std::mem::MaybeUninit<f32>],
+    parallelism: gemm::Parallelism,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(out.len() >= m * n, "gemm_into: output too small");
+    for (matrix, rows, columns) in [(&lhs, m, k), (&rhs, k, n)] {
+        if rows > 0 && columns > 0 {
+            let last = matrix.offset + (rows - 1) * matrix.rows + (columns - 1) * matrix.columns;
+            assert!(
+                last < matrix.values.len(),
+                "gemm_into: operand out of bounds"
+            );
+        }
+    }
+    // SAFETY: the output holds `m × n` values and the operands' last elements are within
+    // their slices (checked above; strides are non-negative). gemm writes every value
+    // of `out` and reads none (`read_dst` false; zeros where `k` is 0).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            out.as_mut_ptr().cast::<f32>(),
+            1,
+            n as isize,
+            false,
+            lhs.values.as_ptr().add(lhs.offset),
+            lhs.columns as isize,
+            lhs.rows as isize,
+            rhs.values.as_ptr().add(rhs.offset),
+            rhs.columns as isize,
+            rhs.rows as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        )
     }
 }
 

@@ -1,6 +1,7 @@
 //! The Vision Transformer, module by module as in the reference `models_vit.py`.
 
 mod attention;
+mod attention_kernel;
 mod cpu;
 mod embedding;
 mod encoder;

@@ -29,6 +29,7 @@ use burn::backend::{Flex, backend_extension};
 use burn::tensor::Tensor;
 use burn_flex::FlexTensor;
 
+use super::attention_kernel::{SoftmaxAttention, composed_probabilities};
 use super::matmul::Matmul;
 
 /// The gradients of the attention inputs.
@@ -68,20 +69,25 @@ pub trait TrainingAttention: Backend {
         output: FloatTensor<Self>,
         output_grad: FloatTensor<Self>,
     ) -> AttentionGradients<Self> {
-        backward::<Self>([query, key, value, output, output_grad], Self::float_matmul)
+        backward::<Self>(
+            [query, key, value, output, output_grad],
+            Self::float_matmul,
+            composed_probabilities::<Self>,
+        )
     }
 }
 
-/// [`TrainingAttention::training_attention_backward`] with the backend's `matmul`.
+/// [`TrainingAttention::training_attention_backward`] with the backend's `matmul` and
+/// attention `probabilities` (of query and key).
 fn backward<B: Backend>(
     [query, key, value, output, output_grad]: [FloatTensor<B>; 5],
     matmul: impl Fn(FloatTensor<B>, FloatTensor<B>) -> FloatTensor<B>,
+    probabilities: impl Fn(FloatTensor<B>, FloatTensor<B>) -> FloatTensor<B>,
 ) -> AttentionGradients<B> {
     let head_dim = query.shape()[3];
     let scale = 1.0 / (head_dim as f64).sqrt();
     let transpose = |tensor| B::float_swap_dims(tensor, 2, 3);
-    let scores = B::float_mul_scalar(matmul(query.clone(), transpose(key.clone())), scale.into());
-    let probabilities = B::softmax(scores, 3);
+    let probabilities = probabilities(query.clone(), key.clone());
     let value_grad = matmul(transpose(probabilities.clone()), output_grad.clone());
     let probabilities_grad = matmul(output_grad.clone(), transpose(value));
     let row_dot = B::float_sum_dim(B::float_mul(output_grad, output), 3);
@@ -96,8 +102,12 @@ fn backward<B: Backend>(
     }
 }
 
-/// On burn-flex with our matmul (see `matmul.rs`).
+/// On burn-flex with our matmul and attention (see `matmul.rs`, `attention_kernel.rs`).
 impl TrainingAttention for Flex {
+    fn training_attention(query: FlexTensor, key: FlexTensor, value: FlexTensor) -> FlexTensor {
+        <Self as SoftmaxAttention>::softmax_attention(query, key, value)
+    }
+
     fn training_attention_backward(
         query: FlexTensor,
         key: FlexTensor,
@@ -108,6 +118,7 @@ impl TrainingAttention for Flex {
         backward::<Self>(
             [query, key, value, output, output_grad],
             <Self as Matmul>::matmul,
+            <Self as SoftmaxAttention>::attention_probabilities,
         )
     }
 }

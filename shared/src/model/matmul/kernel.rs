@@ -15,11 +15,11 @@ const NC: usize = 512;
 
 /// A strided matrix: element `(i, j)` is `values[offset + i·rows + j·columns]`.
 #[derive(Clone, Copy)]
-pub(super) struct Matrix<'a> {
-    pub(super) values: &'a [f32],
-    pub(super) offset: usize,
-    pub(super) rows: usize,
-    pub(super) columns: usize,
+pub(in crate::model) struct Matrix<'a> {
+    pub(in crate::model) values: &'a [f32],
+    pub(in crate::model) offset: usize,
+    pub(in crate::model) rows: usize,
+    pub(in crate::model) columns: usize,
 }
 
 impl Matrix<'_> {
