@@ -58,16 +58,15 @@ impl MultiHeadDotProductAttention {
         if training_dropout {
             return self.forward_with_probabilities(x).0;
         }
-        let [batch, tokens, hidden] = x.dims();
-        let (query, key, value) = self.project(x);
-        // Training stores no attention matrix (see `training_attention`); inference uses
-        // the backend's fused kernel.
-        let context = if training_attention::supported(&query.device()) {
-            training_attention::attention(query, key, value)
+        let qkv = linear(&self.qkv, x);
+        // Training stores no attention matrix (see `training_attention`); inference reads
+        // the heads in place (see `attention_kernel`).
+        let context = if training_attention::supported(&qkv.device()) {
+            training_attention::attention(qkv, self.num_heads)
         } else {
-            attention_kernel::attention(query, key, value)
+            attention_kernel::attention(qkv, self.num_heads)
         };
-        self.merge_heads(context, batch, tokens, hidden)
+        linear(&self.out, context)
     }
 
     /// Also returns the attention probabilities `[B, H, N, N]` (rows sum to 1).

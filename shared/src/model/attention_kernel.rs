@@ -2,46 +2,36 @@
 //! thread pool: a head's scores with `gemm`, the softmax along keys with our vectorised
 //! `exp`, then the product with the values. burn-flex's own kernel does the same with
 //! libm's `expf`, one value at a time: 9% of a ViT-B/16 forward pass went to its softmax
-//! (`perf`). Used for inference, for the forward pass of `training_attention` and for
-//! the probabilities that its backward pass recomputes; natively only (in the browser,
-//! burn-flex's kernel and burn's softmax).
+//! (`perf`). The heads are read where they are, in the fused projection's `[B, N, 3·D]`
+//! output, and written straight into the `[B, N, D]` input of the output projection: no
+//! copies to split and merge heads. Used for inference, by `training_attention` (forward
+//! and backward) and for the probabilities of attention rollout; natively only (in the
+//! browser, burn-flex's kernel and burn's softmax).
 
 use burn::backend::ops::AttentionModuleOptions;
-#[cfg(not(target_arch = "wasm32"))]
-use burn::backend::ops::ModuleOps;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, Dispatch, Flex, TensorMetadata, backend_extension};
-use burn::tensor::Tensor;
+use burn::tensor::{Shape, Slice, Tensor};
 #[cfg(not(target_arch = "wasm32"))]
 use burn_flex::FlexTensor;
 
 #[cfg(not(target_arch = "wasm32"))]
-use std::mem::MaybeUninit;
-
-#[cfg(not(target_arch = "wasm32"))]
 use super::cpu::{self, exp_f32};
 #[cfg(not(target_arch = "wasm32"))]
-use super::matmul::Matrix;
+use super::matmul::{Matrix, gemm_raw};
 
-/// softmax(Q·Kᵀ/√Dh)·V for `[B, H, N, Dh]` tensors: ours on burn-flex without autodiff,
-/// burn's `attention` elsewhere.
-pub(crate) fn attention(query: Tensor<4>, key: Tensor<4>, value: Tensor<4>) -> Tensor<4> {
-    let device = query.device();
-    if device.is_autodiff() || !super::on_flex(&device) {
-        return burn::tensor::module::attention(
-            query,
-            key,
-            value,
-            None,
-            None,
-            AttentionModuleOptions::default(),
-        );
-    }
-    Tensor::from_dispatch(<Dispatch as SoftmaxAttention>::softmax_attention(
-        query.into_dispatch(),
-        key.into_dispatch(),
-        value.into_dispatch(),
-    ))
+/// softmax(Q·Kᵀ/√Dh)·V with heads merged, `[B, N, D]`, from the fused projection's
+/// `[B, N, 3·D]` output (query, key and value heads side by side): ours on burn-flex
+/// without autodiff, burn's `attention` elsewhere.
+pub(crate) fn attention(qkv: Tensor<3>, heads: usize) -> Tensor<3> {
+    let device = qkv.device();
+    let primitive = qkv.into_dispatch();
+    let output = if device.is_autodiff() || !super::on_flex(&device) {
+        composed_attention::<Dispatch>(primitive, heads)
+    } else {
+        <Dispatch as SoftmaxAttention>::softmax_attention(primitive, heads)
+    };
+    Tensor::from_dispatch(output)
 }
 
 /// softmax(Q·Kᵀ/√Dh) `[B, H, N, N]` for `[B, H, N, Dh]` query and key: ours on burn-flex
@@ -62,20 +52,9 @@ pub(crate) fn probabilities(query: Tensor<4>, key: Tensor<4>) -> Tensor<4> {
 /// Attention and its probabilities as operations (see the module's documentation).
 #[backend_extension(Flex)]
 pub trait SoftmaxAttention: Backend {
-    /// softmax(Q·Kᵀ/√Dh)·V for `[B, H, N, Dh]` inputs.
-    fn softmax_attention(
-        query: FloatTensor<Self>,
-        key: FloatTensor<Self>,
-        value: FloatTensor<Self>,
-    ) -> FloatTensor<Self> {
-        Self::attention(
-            query,
-            key,
-            value,
-            None,
-            None,
-            AttentionModuleOptions::default(),
-        )
+    /// [`attention`]: `[B, N, 3·D]` → `[B, N, D]`.
+    fn softmax_attention(qkv: FloatTensor<Self>, heads: usize) -> FloatTensor<Self> {
+        composed_attention::<Self>(qkv, heads)
     }
 
     /// softmax(Q·Kᵀ/√Dh), `[B, H, N, N]`.
@@ -85,6 +64,46 @@ pub trait SoftmaxAttention: Backend {
     ) -> FloatTensor<Self> {
         composed_probabilities::<Self>(query, key)
     }
+}
+
+/// [`attention`] with the backend's operations: heads split, its `attention`, merged.
+pub(super) fn composed_attention<B: Backend>(qkv: FloatTensor<B>, heads: usize) -> FloatTensor<B> {
+    let shape = qkv.shape();
+    let [query, key, value] = split_heads::<B>(qkv, heads);
+    let output = B::attention(
+        query,
+        key,
+        value,
+        None,
+        None,
+        AttentionModuleOptions::default(),
+    );
+    merge_heads::<B>(output, [shape[0], shape[1], shape[2] / 3])
+}
+
+/// `[B, N, 3·D]` → query, key and value, each `[B, H, N, Dh]`.
+pub(super) fn split_heads<B: Backend>(qkv: FloatTensor<B>, heads: usize) -> [FloatTensor<B>; 3] {
+    let shape = qkv.shape();
+    let (batch, tokens) = (shape[0], shape[1]);
+    let head_dim = shape[2] / 3 / heads;
+    let qkv = B::float_reshape(qkv, Shape::from([batch, tokens, 3, heads, head_dim]));
+    [0, 1, 2].map(|part| {
+        let slices = [
+            Slice::from(0..batch),
+            Slice::from(0..tokens),
+            Slice::from(part..part + 1),
+            Slice::from(0..heads),
+            Slice::from(0..head_dim),
+        ];
+        let part = B::float_slice(qkv.clone(), &slices);
+        let part = B::float_reshape(part, Shape::from([batch, tokens, heads, head_dim]));
+        B::float_swap_dims(part, 1, 2)
+    })
+}
+
+/// `[B, H, N, Dh]` → `[B, N, D]` (`dims`).
+pub(super) fn merge_heads<B: Backend>(heads: FloatTensor<B>, dims: [usize; 3]) -> FloatTensor<B> {
+    B::float_reshape(B::float_swap_dims(heads, 1, 2), Shape::from(dims))
 }
 
 /// [`SoftmaxAttention::attention_probabilities`] composed of the backend's operations.
@@ -102,146 +121,287 @@ impl SoftmaxAttention for Flex {}
 
 #[cfg(not(target_arch = "wasm32"))]
 impl SoftmaxAttention for Flex {
-    fn softmax_attention(query: FlexTensor, key: FlexTensor, value: FlexTensor) -> FlexTensor {
-        match Heads::of(&query, &key, Some(&value)) {
-            Some(heads) => heads.output(),
-            None => Self::attention(
-                query,
-                key,
-                value,
-                None,
-                None,
-                AttentionModuleOptions::default(),
-            ),
+    fn softmax_attention(qkv: FlexTensor, heads: usize) -> FlexTensor {
+        match Heads::of_qkv(&qkv, heads) {
+            Some(layout) => layout.attention(),
+            None => composed_attention::<Self>(qkv, heads),
         }
     }
 
     fn attention_probabilities(query: FlexTensor, key: FlexTensor) -> FlexTensor {
-        match Heads::of(&query, &key, None) {
-            Some(heads) => heads.probabilities(),
+        match Heads::of_query_key(&query, &key) {
+            Some(layout) => layout.probabilities(),
             None => composed_probabilities::<Self>(query, key),
         }
     }
 }
 
-/// Contiguous f32 `[B, H, N, Dh]` query and key (and value, `[B, H, N, Dv]`).
+/// Where the rows of one part (query, key, value, output...) of every head are: head
+/// `h` of batch `b` starts at `start + b·batch_stride + h·head_stride`, its rows
+/// `row_stride` apart, its values consecutive.
 #[cfg(not(target_arch = "wasm32"))]
-struct Heads<'a> {
-    query: &'a [f32],
-    key: &'a [f32],
-    value: &'a [f32],
-    /// Batch and heads.
-    outer: [usize; 2],
-    /// Batch × heads.
-    count: usize,
-    tokens: usize,
-    head_dim: usize,
-    value_dim: usize,
+#[derive(Clone, Copy)]
+pub(super) struct Part {
+    start: usize,
+    batch_stride: usize,
+    head_stride: usize,
+    row_stride: usize,
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+impl Part {
+    /// Part `part` (0 query, 1 key, 2 value) of a contiguous `[B, N, 3·D]` qkv tensor.
+    pub fn of_qkv(part: usize, heads: &Heads) -> Self {
+        let hidden = heads.heads * heads.head_dim;
+        Self {
+            start: part * hidden,
+            batch_stride: heads.tokens * 3 * hidden,
+            head_stride: heads.head_dim,
+            row_stride: 3 * hidden,
+        }
+    }
+
+    /// A contiguous `[B, N, D]` tensor with merged heads.
+    pub fn merged(heads: &Heads) -> Self {
+        let hidden = heads.heads * heads.head_dim;
+        Self {
+            start: 0,
+            batch_stride: heads.tokens * hidden,
+            head_stride: heads.head_dim,
+            row_stride: hidden,
+        }
+    }
+
+    /// A contiguous `[B, H, N, Dh]` tensor.
+    fn split(heads: &Heads) -> Self {
+        let size = heads.tokens * heads.head_dim;
+        Self {
+            start: 0,
+            batch_stride: heads.heads * size,
+            head_stride: size,
+            row_stride: heads.head_dim,
+        }
+    }
+
+    /// Where head `index` (`b·H + h`) starts.
+    pub fn offset(&self, heads: &Heads, index: usize) -> usize {
+        let (batch, head) = (index / heads.heads, index % heads.heads);
+        self.start + batch * self.batch_stride + head * self.head_stride
+    }
+
+    /// Head `index` of `values` as an `N × Dh` matrix.
+    pub fn matrix<'a>(&self, heads: &Heads, values: &'a [f32], index: usize) -> Matrix<'a> {
+        Matrix {
+            values,
+            offset: self.offset(heads, index),
+            rows: self.row_stride,
+            columns: 1,
+        }
+    }
+
+    /// Rows apart.
+    pub fn row_stride(&self) -> usize {
+        self.row_stride
+    }
+}
+
+/// The shape of multi-head attention and where its query, key and value are.
+#[cfg(not(target_arch = "wasm32"))]
+pub(super) struct Heads<'a> {
+    /// The query's values; the key's and value's too for a qkv tensor.
+    pub query: &'a [f32],
+    pub key: &'a [f32],
+    pub batch: usize,
+    pub heads: usize,
+    pub tokens: usize,
+    pub head_dim: usize,
+    /// Query, key and value parts as in a qkv tensor (else contiguous `[B, H, N, Dh]`).
+    qkv: bool,
 }
 
 #[cfg(not(target_arch = "wasm32"))]
 impl<'a> Heads<'a> {
-    fn of(
-        query: &'a FlexTensor,
-        key: &'a FlexTensor,
-        value: Option<&'a FlexTensor>,
-    ) -> Option<Self> {
-        let (shape, key_shape) = (query.shape(), key.shape());
-        if shape.num_dims() != 4 || key_shape != shape {
+    /// A contiguous f32 `[B, N, 3·D]` qkv tensor with `heads` heads.
+    pub fn of_qkv(qkv: &'a FlexTensor, heads: usize) -> Option<Self> {
+        let shape = qkv.shape();
+        let values = cpu::f32_values(qkv)?;
+        if shape.num_dims() != 3 || heads == 0 || !shape[2].is_multiple_of(3 * heads) {
             return None;
         }
-        let outer = [shape[0], shape[1]];
-        let (count, tokens, head_dim) = (shape[0] * shape[1], shape[2], shape[3]);
-        let (value, value_dim) = match value {
-            Some(value) => {
-                let value_shape = value.shape();
-                if value_shape.num_dims() != 4 || value_shape[..3] != shape[..3] {
-                    return None;
-                }
-                (cpu::f32_values(value)?, value_shape[3])
-            }
-            None => (&[][..], 0),
-        };
         Some(Self {
-            query: cpu::f32_values(query)?,
-            key: cpu::f32_values(key)?,
-            value,
-            outer,
-            count,
-            tokens,
-            head_dim,
-            value_dim,
+            query: values,
+            key: values,
+            batch: shape[0],
+            heads,
+            tokens: shape[1],
+            head_dim: shape[2] / 3 / heads,
+            qkv: true,
         })
     }
 
-    /// The attention output, `[B, H, N, Dv]`.
-    fn output(&self) -> FlexTensor {
-        let (n, dv) = (self.tokens, self.value_dim);
-        let (output, _) = cpu::compute(self.count * n * dv, (n * dv).max(1), |head, out| {
+    /// Contiguous f32 `[B, H, N, Dh]` query and key.
+    fn of_query_key(query: &'a FlexTensor, key: &'a FlexTensor) -> Option<Self> {
+        let shape = query.shape();
+        if shape.num_dims() != 4 || key.shape() != shape {
+            return None;
+        }
+        Some(Self {
+            query: cpu::f32_values(query)?,
+            key: cpu::f32_values(key)?,
+            batch: shape[0],
+            heads: shape[1],
+            tokens: shape[2],
+            head_dim: shape[3],
+            qkv: false,
+        })
+    }
+
+    /// Where part `part` (0 query, 1 key, 2 value) of the heads is.
+    pub fn part(&self, part: usize) -> Part {
+        if self.qkv {
+            Part::of_qkv(part, self)
+        } else {
+            Part::split(self)
+        }
+    }
+
+    /// Batch × heads.
+    pub fn count(&self) -> usize {
+        self.batch * self.heads
+    }
+
+    /// The attention output with heads merged, `[B, N, D]` (value heads in `query`'s
+    /// storage, as in a qkv tensor).
+    fn attention(&self) -> FlexTensor {
+        let (n, dh) = (self.tokens, self.head_dim);
+        let merged = Part::merged(self);
+        let mut output = Vec::<f32>::with_capacity(self.batch * n * self.heads * dh);
+        let out = cpu::Shared(output.as_mut_ptr());
+        cpu::for_each_index(self.count(), |index| {
             let mut probabilities = vec![0.0f32; n * n];
-            self.probabilities_into(head, &mut probabilities);
-            let probabilities = matrix(&probabilities, 0, n, 1);
-            let value = matrix(self.value, head * n * dv, dv, 1);
-            super::matmul::gemm_into(
-                probabilities,
-                value,
-                [n, n, dv],
-                uninit(out),
-                gemm::Parallelism::None,
-            );
+            self.probabilities_into(index, &mut probabilities);
+            let probabilities = Matrix::contiguous(&probabilities, n);
+            let value = self.part(2).matrix(self, self.query, index);
+            // SAFETY: head `index`'s block of the output (N rows of Dh values, rows D apart
+            // from its offset) is within the output's capacity and written by this task
+            // only; gemm writes all of it.
+            unsafe {
+                gemm_raw(
+                    probabilities,
+                    value,
+                    [n, n, dh],
+                    out.at(merged.offset(self, index)),
+                    merged.row_stride(),
+                )
+            };
         });
-        self.tensor(output, dv)
+        // SAFETY: the heads' blocks cover the output, each written by gemm above.
+        unsafe { output.set_len(output.capacity()) };
+        cpu::tensor(output, [self.batch, n, self.heads * dh].into())
     }
 
     /// The probabilities, `[B, H, N, N]`.
     fn probabilities(&self) -> FlexTensor {
         let n = self.tokens;
-        let (output, _) = cpu::compute(self.count * n * n, (n * n).max(1), |head, out| {
-            self.probabilities_into(head, out)
+        let (output, _) = cpu::compute(self.count() * n * n, (n * n).max(1), |index, out| {
+            self.probabilities_into(index, out)
         });
-        self.tensor(output, n)
+        cpu::tensor(output, [self.batch, self.heads, n, n].into())
     }
 
-    /// softmax(Q·Kᵀ/√Dh) of head `head` into `out` (`N × N`). Inlined into the callers'
+    /// softmax(Q·Kᵀ/√Dh) of head `index` into `out` (`N × N`). Inlined into the callers'
     /// AVX2 code (see `cpu::compute`).
     #[inline(always)]
-    fn probabilities_into(&self, head: usize, out: &mut [f32]) {
+    pub fn probabilities_into(&self, index: usize, out: &mut [f32]) {
         let (n, d) = (self.tokens, self.head_dim);
-        let query = matrix(self.query, head * n * d, d, 1);
-        // Kᵀ: element (i, j) is key[j, i].
-        let key = matrix(self.key, head * n * d, 1, d);
-        super::matmul::gemm_into(query, key, [n, d, n], uninit(out), gemm::Parallelism::None);
+        let query = self.part(0).matrix(self, self.query, index);
+        let key = self.part(1).matrix(self, self.key, index).transposed();
+        // SAFETY: `out` holds N × N values.
+        assert!(out.len() >= n * n);
+        unsafe { gemm_raw(query, key, [n, d, n], out.as_mut_ptr(), n) };
         // As burn-flex: the scale in f64, rounded once.
         let scale = (1.0 / (d as f64).sqrt()) as f32;
-        for row in out.chunks_exact_mut(n.max(1)) {
+        for row in out[..n * n].chunks_exact_mut(n.max(1)) {
             softmax(row, scale);
         }
     }
-
-    /// A `[B, H, N, last]` tensor.
-    fn tensor(&self, values: Vec<f32>, last: usize) -> FlexTensor {
-        let [batch, heads] = self.outer;
-        cpu::tensor(values, [batch, heads, self.tokens, last].into())
-    }
 }
 
-/// A row-major view of `values` (rows `rows` apart, columns `columns` apart) at `offset`.
+/// The gradient of the qkv tensor `[B, N, 3·D]` of [`attention`] from its output and the
+/// output's gradient (both `[B, N, D]`), one head per task (see `training_attention.rs`
+/// for the formulas): each head's probabilities recomputed into a scratch buffer, its
+/// three gradients written in place into the result. `None` for tensors that are not
+/// contiguous f32 of those shapes.
 #[cfg(not(target_arch = "wasm32"))]
-fn matrix(values: &[f32], offset: usize, rows: usize, columns: usize) -> Matrix<'_> {
-    Matrix {
-        values,
-        offset,
-        rows,
-        columns,
+pub(super) fn backward(
+    qkv: &FlexTensor,
+    output: &FlexTensor,
+    output_grad: &FlexTensor,
+    heads: usize,
+) -> Option<FlexTensor> {
+    let layout = Heads::of_qkv(qkv, heads)?;
+    let (output, output_grad) = (cpu::f32_values(output)?, cpu::f32_values(output_grad)?);
+    let (n, dh) = (layout.tokens, layout.head_dim);
+    let merged = Part::merged(&layout);
+    let size = layout.batch * n * layout.heads * dh;
+    if output.len() != size || output_grad.len() != size {
+        return None;
     }
-}
-
-/// `values` as slots that `gemm_into` overwrites.
-#[cfg(not(target_arch = "wasm32"))]
-fn uninit(values: &mut [f32]) -> &mut [MaybeUninit<f32>] {
-    // SAFETY: `MaybeUninit<f32>` has the layout of `f32`, and what is written through the
-    // result (by gemm) is initialised f32 values only.
-    unsafe { &mut *(values as *mut [f32] as *mut [MaybeUninit<f32>]) }
+    let scale = (1.0 / (dh as f64).sqrt()) as f32;
+    let mut grad = Vec::<f32>::with_capacity(3 * size);
+    let out = cpu::Shared(grad.as_mut_ptr());
+    cpu::for_each_index(layout.count(), |index| {
+        let [query, key, value] =
+            [0, 1, 2].map(|part| layout.part(part).matrix(&layout, layout.query, index));
+        let output = merged.matrix(&layout, output, index);
+        let output_grad = merged.matrix(&layout, output_grad, index);
+        let mut probabilities = vec![0.0f32; n * n];
+        layout.probabilities_into(index, &mut probabilities);
+        let mut scores_grad = vec![0.0f32; n * n];
+        let slot = |part: usize| out.at(layout.part(part).offset(&layout, index));
+        let stride = layout.part(0).row_stride();
+        let probabilities_matrix = Matrix::contiguous(&probabilities, n);
+        // SAFETY (all four products): the destinations are this head's blocks of the
+        // gradient (N rows of Dh values, rows 3·D apart: disjoint across heads and parts,
+        // within its capacity) or this task's N × N buffer.
+        unsafe {
+            // dV = Pᵀ·dO
+            gemm_raw(
+                probabilities_matrix.transposed(),
+                output_grad,
+                [n, n, dh],
+                slot(2),
+                stride,
+            );
+            // dP = dO·Vᵀ
+            gemm_raw(
+                output_grad,
+                value.transposed(),
+                [n, dh, n],
+                scores_grad.as_mut_ptr(),
+                n,
+            );
+        }
+        // dS = P ⊙ (dP − rowsum(dO ⊙ O))·scale, in place of dP.
+        let rows = scores_grad
+            .chunks_exact_mut(n.max(1))
+            .zip(probabilities.chunks_exact(n.max(1)));
+        for (row, (scores_grad, probabilities)) in rows.enumerate() {
+            let row_dot = cpu::sum_of(output_grad.row(row, dh), output.row(row, dh), |a, b| a * b);
+            for (grad, &probability) in scores_grad.iter_mut().zip(probabilities) {
+                *grad = probability * (*grad - row_dot) * scale;
+            }
+        }
+        let scores_grad = Matrix::contiguous(&scores_grad, n);
+        unsafe {
+            // dQ = dS·K, dK = dSᵀ·Q
+            gemm_raw(scores_grad, key, [n, n, dh], slot(0), stride);
+            gemm_raw(scores_grad.transposed(), query, [n, n, dh], slot(1), stride);
+        }
+    });
+    // SAFETY: the heads' three blocks cover the gradient, each written by gemm above.
+    unsafe { grad.set_len(3 * size) };
+    Some(cpu::tensor(grad, qkv.shape().clone()))
 }
 
 /// `row ← softmax(row · scale)`, in the order of burn-flex's kernel: scaled scores, their
@@ -293,28 +453,41 @@ mod tests {
 
     #[test]
     fn equals_burns_attention_and_softmax() {
-        // Tokens below, at and off the eight lanes (ViT-B/16's 197), a value width that
-        // differs from the head's, and a transposed (strided) query, which falls back.
+        // Tokens below, at and off the eight lanes (ViT-B/16's 197 and head width 64),
+        // and a transposed (strided) query, which falls back to burn's.
         let device: Device = burn::backend::FlexDevice.into();
         // Our `exp` and burn-flex's (libm) differ by about an ulp.
         let tolerance = Tolerance::rel_abs(1e-5, 1e-6);
-        for (batch, heads, tokens, head_dim, value_dim) in
-            [(1, 1, 3, 4, 4), (2, 3, 8, 16, 5), (1, 2, 197, 64, 64)]
-        {
-            let query = random([batch, heads, tokens, head_dim], &device);
-            let key = random([batch, heads, tokens, head_dim], &device);
-            let value = random([batch, heads, tokens, value_dim], &device);
-            let options = AttentionModuleOptions::default();
+        for [batch, heads, tokens, head_dim] in [[1, 1, 3, 4], [2, 3, 8, 16], [1, 2, 197, 64]] {
+            let hidden = heads * head_dim;
+            let qkv = Tensor::<3>::random(
+                [batch, tokens, 3 * hidden],
+                Distribution::Normal(0.0, 2.0),
+                &device,
+            );
+            let parts = qkv
+                .clone()
+                .reshape([batch, tokens, 3, heads, head_dim])
+                .permute([2, 0, 3, 1, 4]);
+            let part = |index| {
+                parts
+                    .clone()
+                    .narrow(0, index, 1)
+                    .reshape([batch, heads, tokens, head_dim])
+            };
+            let (query, key, value) = (part(0), part(1), part(2));
             let expected = burn::tensor::module::attention(
                 query.clone(),
                 key.clone(),
-                value.clone(),
+                value,
                 None,
                 None,
-                options,
-            );
-            let ours = attention(query.clone(), key.clone(), value);
-            ours.into_data()
+                AttentionModuleOptions::default(),
+            )
+            .swap_dims(1, 2)
+            .reshape([batch, tokens, hidden]);
+            attention(qkv, heads)
+                .into_data()
                 .assert_approx_eq::<f32>(&expected.into_data(), tolerance);
             let scores =
                 query.clone().matmul(key.clone().swap_dims(2, 3)) / (head_dim as f64).sqrt();

@@ -85,6 +85,36 @@ pub(super) fn compute_pair(
     (first, second)
 }
 
+/// Calls `work(index)` for every index below `count`, on the thread pool, with AVX2
+/// where the CPU has it (natively only).
+#[cfg(not(target_arch = "wasm32"))]
+pub(super) fn for_each_index(count: usize, work: impl Fn(usize) + Sync) {
+    use rayon::prelude::*;
+    (0..count)
+        .into_par_iter()
+        .for_each(|index| vectorised(|| work(index)));
+}
+
+/// An output buffer that tasks of [`for_each_index`] write to in disjoint places.
+#[cfg(not(target_arch = "wasm32"))]
+#[derive(Clone, Copy)]
+pub(super) struct Shared(pub *mut f32);
+
+// SAFETY: only a pointer; whoever writes through it keeps the writes of different
+// threads apart (see the callers).
+#[cfg(not(target_arch = "wasm32"))]
+unsafe impl Send for Shared {}
+#[cfg(not(target_arch = "wasm32"))]
+unsafe impl Sync for Shared {}
+
+#[cfg(not(target_arch = "wasm32"))]
+impl Shared {
+    /// The address `offset` values in.
+    pub fn at(self, offset: usize) -> *mut f32 {
+        self.0.wrapping_add(offset)
+    }
+}
+
 /// `piece`, zeroed, as initialised values.
 fn zeroed(piece: &mut [MaybeUninit<f32>]) -> &mut [f32] {
     piece.fill(MaybeUninit::new(0.0));

@@ -278,37 +278,68 @@ impl<'a> Operands<'a> {
 /// `out (m × n, rows n apart) = lhs (m × k) · rhs (k × n)` with gemm (`[m, k, n]`):
 /// writes every value of `out`, reads none.
 #[cfg(not(target_arch = "wasm32"))]
-pub(super) fn gemm_into(
+fn gemm_into(
     lhs: Matrix,
     rhs: Matrix,
     [m, k, n]: [usize; 3],
     out: &mut [std::mem::MaybeUninit<f32>],
     parallelism: gemm::Parallelism,
 ) {
+    assert!(out.len() >= m * n, "gemm_into: output too small");
+    // SAFETY: the output holds `m × n` values, rows `n` apart.
+    unsafe { gemm_with(lhs, rhs, [m, k, n], out.as_mut_ptr().cast(), n, parallelism) }
+}
+
+/// `dst (m × n, rows dst_stride apart) = lhs · rhs` with gemm on the calling thread.
+///
+/// # Safety
+/// `dst` must be valid for writes of `m` rows of `n` values, `dst_stride` apart, that no
+/// one else reads or writes meanwhile.
+#[cfg(not(target_arch = "wasm32"))]
+pub(super) unsafe fn gemm_raw(
+    lhs: Matrix,
+    rhs: Matrix,
+    mkn: [usize; 3],
+    dst: *mut f32,
+    dst_stride: usize,
+) {
+    // SAFETY: the caller's.
+    unsafe { gemm_with(lhs, rhs, mkn, dst, dst_stride, gemm::Parallelism::None) }
+}
+
+/// [`gemm_raw`] with a choice of threads.
+///
+/// # Safety
+/// As [`gemm_raw`].
+#[cfg(not(target_arch = "wasm32"))]
+unsafe fn gemm_with(
+    lhs: Matrix,
+    rhs: Matrix,
+    [m, k, n]: [usize; 3],
+    dst: *mut f32,
+    dst_stride: usize,
+    parallelism: gemm::Parallelism,
+) {
     if m == 0 || n == 0 {
         return;
     }
-    assert!(out.len() >= m * n, "gemm_into: output too small");
     for (matrix, rows, columns) in [(&lhs, m, k), (&rhs, k, n)] {
         if rows > 0 && columns > 0 {
             let last = matrix.offset + (rows - 1) * matrix.rows + (columns - 1) * matrix.columns;
-            assert!(
-                last < matrix.values.len(),
-                "gemm_into: operand out of bounds"
-            );
+            assert!(last < matrix.values.len(), "gemm: operand out of bounds");
         }
     }
-    // SAFETY: the output holds `m × n` values and the operands' last elements are within
-    // their slices (checked above; strides are non-negative). gemm writes every value
-    // of `out` and reads none (`read_dst` false; zeros where `k` is 0).
+    // SAFETY: the operands' last elements are within their slices (checked above;
+    // strides are non-negative), the destination is the caller's. gemm writes every
+    // value of the destination and reads none (`read_dst` false; zeros where `k` is 0).
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            out.as_mut_ptr().cast::<f32>(),
+            dst,
             1,
-            n as isize,
+            dst_stride as isize,
             false,
             lhs.values.as_ptr().add(lhs.offset),
             lhs.columns as isize,

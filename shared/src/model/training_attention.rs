@@ -3,14 +3,20 @@
 //!
 //! burn 0.22's autodiff runs `attention` through its decomposed fallback, which stores
 //! the scores and probabilities of every layer (`[B, H, N, N]` each) until the backward
-//! pass. This operation stores only its inputs and output (`[B, H, N, Dh]` each) and
-//! recomputes the probabilities of one layer at a time in the backward pass, the scheme
-//! of flash attention. The forward pass is the backend's own fused `attention` (burn-flex's
-//! flash kernel on the CPU, libtorch's `scaled_dot_product_attention` on `tch`).
+//! pass. This operation stores only its input (the fused projection's `[B, N, 3·D]`
+//! output: query, key and value heads side by side) and its output (`[B, N, D]`, heads
+//! merged), and recomputes the probabilities of one layer at a time in the backward pass,
+//! the scheme of flash attention.
 //!
 //! With S = scale·Q·Kᵀ, P = softmax(S) along keys and O = P·V, the backward pass is
 //! dV = Pᵀ·dO, dP = dO·Vᵀ, dS = P ⊙ (dP − rowsum(dO ⊙ O)), dQ = scale·dS·K,
 //! dK = scale·dSᵀ·Q (rowsum(dO ⊙ O) equals rowsum(dP ⊙ P), without a second N×N product).
+//!
+//! On burn-flex both passes are ours, one head per task (`attention_kernel.rs`): heads
+//! read in place from the qkv tensor and their gradients written in place into its
+//! gradient, every step of the backward pass in that task. On libtorch the forward pass
+//! is its `scaled_dot_product_attention` and the backward pass the formulas above
+//! composed of tensor operations.
 
 // burn-tch is deprecated upstream but is the GPU path this project builds today
 // (see trainer/src/device.rs).
@@ -22,104 +28,92 @@ use burn::backend::autodiff::Autodiff;
 use burn::backend::autodiff::checkpoint::{base::Checkpointer, strategy::CheckpointStrategy};
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
-use burn::backend::ops::AttentionModuleOptions;
 use burn::backend::tensor::FloatTensor;
-use burn::backend::{Backend, Dispatch, ExtensionType, TensorMetadata};
+use burn::backend::{Backend, Dispatch, TensorMetadata};
 use burn::backend::{Flex, backend_extension};
-use burn::tensor::Tensor;
+use burn::tensor::{Shape, Tensor};
 use burn_flex::FlexTensor;
 
-use super::attention_kernel::{SoftmaxAttention, composed_probabilities};
-use super::matmul::Matmul;
+use super::attention_kernel::{
+    SoftmaxAttention, composed_attention, composed_probabilities, split_heads,
+};
 
-/// The gradients of the attention inputs.
-#[derive(ExtensionType)]
-pub struct AttentionGradients<B: Backend> {
-    pub query: FloatTensor<B>,
-    pub key: FloatTensor<B>,
-    pub value: FloatTensor<B>,
-}
-
-/// Scaled dot-product attention (no mask, scale 1/√Dh) with a backward pass that
-/// recomputes the probabilities.
+/// Scaled dot-product attention (no mask, scale 1/√Dh) of a qkv tensor, with a backward
+/// pass that recomputes the probabilities.
 #[backend_extension(Flex, LibTorch: cfg(feature = "tch"), Autodiff)]
 pub trait TrainingAttention: Backend {
-    /// softmax(Q·Kᵀ/√Dh)·V for `[B, H, N, Dh]` inputs.
-    fn training_attention(
-        query: FloatTensor<Self>,
-        key: FloatTensor<Self>,
-        value: FloatTensor<Self>,
-    ) -> FloatTensor<Self> {
-        Self::attention(
-            query,
-            key,
-            value,
-            None,
-            None,
-            AttentionModuleOptions::default(),
-        )
+    /// softmax(Q·Kᵀ/√Dh)·V, `[B, N, 3·D]` → `[B, N, D]`.
+    fn training_attention(qkv: FloatTensor<Self>, heads: usize) -> FloatTensor<Self> {
+        composed_attention::<Self>(qkv, heads)
     }
 
-    /// The gradients of [`Self::training_attention`]'s inputs from its inputs, its output
+    /// The gradient of [`Self::training_attention`]'s input from its input, its output
     /// and the gradient of its output.
     fn training_attention_backward(
-        query: FloatTensor<Self>,
-        key: FloatTensor<Self>,
-        value: FloatTensor<Self>,
+        qkv: FloatTensor<Self>,
         output: FloatTensor<Self>,
         output_grad: FloatTensor<Self>,
-    ) -> AttentionGradients<Self> {
-        backward::<Self>(
-            [query, key, value, output, output_grad],
-            Self::float_matmul,
-            composed_probabilities::<Self>,
-        )
+        heads: usize,
+    ) -> FloatTensor<Self> {
+        composed_backward::<Self>(qkv, output, output_grad, heads)
     }
 }
 
-/// [`TrainingAttention::training_attention_backward`] with the backend's `matmul` and
-/// attention `probabilities` (of query and key).
-fn backward<B: Backend>(
-    [query, key, value, output, output_grad]: [FloatTensor<B>; 5],
-    matmul: impl Fn(FloatTensor<B>, FloatTensor<B>) -> FloatTensor<B>,
-    probabilities: impl Fn(FloatTensor<B>, FloatTensor<B>) -> FloatTensor<B>,
-) -> AttentionGradients<B> {
-    let head_dim = query.shape()[3];
+/// [`TrainingAttention::training_attention_backward`] composed of the backend's
+/// operations.
+fn composed_backward<B: Backend>(
+    qkv: FloatTensor<B>,
+    output: FloatTensor<B>,
+    output_grad: FloatTensor<B>,
+    heads: usize,
+) -> FloatTensor<B> {
+    let dims: [usize; 3] = qkv.shape().dims();
+    let [batch, tokens, _] = dims;
+    let hidden = dims[2] / 3;
+    let split = |merged: FloatTensor<B>| {
+        let shape = Shape::from([batch, tokens, heads, hidden / heads]);
+        B::float_swap_dims(B::float_reshape(merged, shape), 1, 2)
+    };
+    let [query, key, value] = split_heads::<B>(qkv, heads);
+    let (output, output_grad) = (split(output), split(output_grad));
+    let head_dim = hidden / heads;
     let scale = 1.0 / (head_dim as f64).sqrt();
     let transpose = |tensor| B::float_swap_dims(tensor, 2, 3);
-    let probabilities = probabilities(query.clone(), key.clone());
-    let value_grad = matmul(transpose(probabilities.clone()), output_grad.clone());
-    let probabilities_grad = matmul(output_grad.clone(), transpose(value));
+    let probabilities = composed_probabilities::<B>(query.clone(), key.clone());
+    let value_grad = B::float_matmul(transpose(probabilities.clone()), output_grad.clone());
+    let probabilities_grad = B::float_matmul(output_grad.clone(), transpose(value));
     let row_dot = B::float_sum_dim(B::float_mul(output_grad, output), 3);
     let scores_grad = B::float_mul_scalar(
         B::float_mul(probabilities, B::float_sub(probabilities_grad, row_dot)),
         scale.into(),
     );
-    AttentionGradients {
-        query: matmul(scores_grad.clone(), key),
-        key: matmul(transpose(scores_grad), query),
-        value: value_grad,
-    }
+    let query_grad = B::float_matmul(scores_grad.clone(), key);
+    let key_grad = B::float_matmul(transpose(scores_grad), query);
+    // Back to `[B, N, 3, H, Dh]`, then `[B, N, 3·D]`.
+    let parts = [query_grad, key_grad, value_grad].map(|grad| {
+        let grad = B::float_swap_dims(grad, 1, 2);
+        B::float_reshape(grad, Shape::from([batch, tokens, 1, heads, head_dim]))
+    });
+    B::float_reshape(B::float_cat(parts.into(), 2), Shape::from(dims))
 }
 
-/// On burn-flex with our matmul and attention (see `matmul.rs`, `attention_kernel.rs`).
+/// On burn-flex, ours (see `attention_kernel.rs`).
 impl TrainingAttention for Flex {
-    fn training_attention(query: FlexTensor, key: FlexTensor, value: FlexTensor) -> FlexTensor {
-        <Self as SoftmaxAttention>::softmax_attention(query, key, value)
+    fn training_attention(qkv: FlexTensor, heads: usize) -> FlexTensor {
+        <Self as SoftmaxAttention>::softmax_attention(qkv, heads)
     }
 
     fn training_attention_backward(
-        query: FlexTensor,
-        key: FlexTensor,
-        value: FlexTensor,
+        qkv: FlexTensor,
         output: FlexTensor,
         output_grad: FlexTensor,
-    ) -> AttentionGradients<Self> {
-        backward::<Self>(
-            [query, key, value, output, output_grad],
-            <Self as Matmul>::matmul,
-            <Self as SoftmaxAttention>::attention_probabilities,
-        )
+        heads: usize,
+    ) -> FlexTensor {
+        #[cfg(not(target_arch = "wasm32"))]
+        if let Some(grad) = super::attention_kernel::backward(&qkv, &output, &output_grad, heads) {
+            return grad;
+        }
+        composed_backward::<Self>(qkv, output, output_grad, heads)
     }
 }
 
@@ -127,60 +121,43 @@ impl TrainingAttention for Flex {
 impl TrainingAttention for LibTorch {}
 
 impl<B: Backend + TrainingAttention, C: CheckpointStrategy> TrainingAttention for Autodiff<B, C> {
-    fn training_attention(
-        query: FloatTensor<Self>,
-        key: FloatTensor<Self>,
-        value: FloatTensor<Self>,
-    ) -> FloatTensor<Self> {
+    fn training_attention(qkv: FloatTensor<Self>, heads: usize) -> FloatTensor<Self> {
         #[derive(Debug)]
         struct AttentionBackward;
 
-        impl<B: Backend + TrainingAttention> Backward<B, 3> for AttentionBackward {
-            /// Query, key, value and output.
-            type State = [FloatTensor<B>; 4];
+        impl<B: Backend + TrainingAttention> Backward<B, 1> for AttentionBackward {
+            /// The qkv tensor, the output and the number of heads.
+            type State = (FloatTensor<B>, FloatTensor<B>, usize);
 
             fn backward(
                 self,
-                ops: Ops<Self::State, 3>,
+                ops: Ops<Self::State, 1>,
                 grads: &mut Gradients,
                 _checkpointer: &mut Checkpointer,
             ) {
-                let [query_node, key_node, value_node] = ops.parents;
+                let [qkv_node] = ops.parents;
                 let output_grad = grads.consume::<B>(&ops.node);
-                let [query, key, value, output] = ops.state;
-                let gradients =
-                    B::training_attention_backward(query, key, value, output, output_grad);
-                for (node, grad) in [
-                    (query_node, gradients.query),
-                    (key_node, gradients.key),
-                    (value_node, gradients.value),
-                ] {
-                    if let Some(node) = node {
-                        grads.register::<B>(node.id, grad);
-                    }
+                let (qkv, output, heads) = ops.state;
+                if let Some(node) = qkv_node {
+                    let grad = B::training_attention_backward(qkv, output, output_grad, heads);
+                    grads.register::<B>(node.id, grad);
                 }
             }
         }
 
         match AttentionBackward
-            .prepare::<C>([query.node(), key.node(), value.node()])
+            .prepare::<C>([qkv.node()])
             .compute_bound()
             .stateful()
         {
             OpsKind::Tracked(prep) => {
-                let (query, key, value) = (
-                    query.into_primitive(),
-                    key.into_primitive(),
-                    value.into_primitive(),
-                );
-                let output = B::training_attention(query.clone(), key.clone(), value.clone());
-                prep.finish([query, key, value, output.clone()], output)
+                let qkv = qkv.into_primitive();
+                let output = B::training_attention(qkv.clone(), heads);
+                prep.finish((qkv, output.clone(), heads), output)
             }
-            OpsKind::UnTracked(prep) => prep.finish(B::training_attention(
-                query.into_primitive(),
-                key.into_primitive(),
-                value.into_primitive(),
-            )),
+            OpsKind::UnTracked(prep) => {
+                prep.finish(B::training_attention(qkv.into_primitive(), heads))
+            }
         }
     }
 }
@@ -191,13 +168,12 @@ pub fn supported(device: &burn::tensor::Device) -> bool {
     device.is_autodiff() && super::has_own_operations(device)
 }
 
-/// softmax(Q·Kᵀ/√Dh)·V on `[B, H, N, Dh]` tensors of a [`supported`] device, keeping
-/// no attention matrix for the backward pass.
-pub fn attention(query: Tensor<4>, key: Tensor<4>, value: Tensor<4>) -> Tensor<4> {
+/// softmax(Q·Kᵀ/√Dh)·V with heads merged, `[B, N, D]`, from a `[B, N, 3·D]` qkv tensor
+/// of a [`supported`] device, keeping no attention matrix for the backward pass.
+pub fn attention(qkv: Tensor<3>, heads: usize) -> Tensor<3> {
     Tensor::from_dispatch(<Dispatch as TrainingAttention>::training_attention(
-        query.into_dispatch(),
-        key.into_dispatch(),
-        value.into_dispatch(),
+        qkv.into_dispatch(),
+        heads,
     ))
 }
 
@@ -271,5 +247,30 @@ mod tests {
         assert_matches_decomposed(&Device::flex());
         // Inference keeps burn's fused kernel.
         assert!(!supported(&Device::flex()));
+    }
+
+    #[test]
+    fn flex_backward_kernel_equals_the_composed_backward() {
+        // The kernel itself (the module test above would pass on the composed fallback
+        // too): ViT-B/16's 197 tokens, 3 heads of 16.
+        let device = Device::flex();
+        let qkv = values([2, 197, 3 * 48], 1.0, &device);
+        let output_grad = values([2, 197, 48], 5.0, &device);
+        let flex = |tensor: Tensor<3>| FlexTensor::from_data(tensor.into_data());
+        let (qkv, output_grad) = (flex(qkv), flex(output_grad));
+        let output = Flex::training_attention(qkv.clone(), 3);
+        let ours = super::super::attention_kernel::backward(&qkv, &output, &output_grad, 3)
+            .expect("contiguous f32 tensors");
+        let composed = composed_backward::<Flex>(qkv, output, output_grad, 3);
+        let read = |tensor: FlexTensor| tensor.into_data().try_to_vec::<f32>().unwrap();
+        let (ours, composed) = (read(ours), read(composed));
+        assert_eq!(ours.len(), 2 * 197 * 3 * 48);
+        let largest = ours
+            .iter()
+            .zip(&composed)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(largest < 1e-5, "largest difference {largest}");
+        assert!(composed.iter().any(|value| value.abs() > 1e-2));
     }
 }

@@ -22,13 +22,30 @@ pub(in crate::model) struct Matrix<'a> {
     pub(in crate::model) columns: usize,
 }
 
-impl Matrix<'_> {
+impl<'a> Matrix<'a> {
     #[inline(always)]
     fn at(&self, i: usize, j: usize) -> f32 {
         self.values[self.offset + i * self.rows + j * self.columns]
     }
 
-    fn transposed(self) -> Self {
+    /// A contiguous row-major matrix with `columns` columns.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub(in crate::model) fn contiguous(values: &'a [f32], columns: usize) -> Self {
+        Self {
+            values,
+            offset: 0,
+            rows: columns,
+            columns: 1,
+        }
+    }
+
+    /// The first `len` values of row `i` (of a matrix with consecutive columns).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub(in crate::model) fn row(&self, i: usize, len: usize) -> &'a [f32] {
+        &self.values[self.offset + i * self.rows..][..len]
+    }
+
+    pub(in crate::model) fn transposed(self) -> Self {
         Self {
             rows: self.columns,
             columns: self.rows,
