@@ -8,11 +8,14 @@
 #                                 # made by tests/fixtures/generate.py) must have torch and timm
 # Cases: training of ViT-B/16 at 224 px batch 16 and of the demo model (web/model's config,
 # 32 px) batch 128; forward of B/16 at 224 px batch 1. ITERATIONS (default 3) timed runs after
-# one untimed.
+# one untimed. ROUNDS (default 1) times each case in turns, ours then PyTorch's, that many
+# times: this machine's speed drifts by tens of percent from minute to minute, so a ratio
+# from one pair can mislead; the table ends with the median ratio of each case.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 python=${PYTHON:-tests/fixtures/.venv/bin/python}
 iterations=${ITERATIONS:-3}
+rounds=${ROUNDS:-1}
 "$python" -c 'import timm, torch' 2>/dev/null ||
   { echo "error: $python lacks torch or timm; run python3 tests/fixtures/generate.py (or set PYTHON)" >&2; exit 1; }
 cargo build --release -q -p trainer
@@ -29,8 +32,10 @@ results=$work/results.jsonl
 for spec in "${cases[@]}"; do
   read -r case model size batch classes <<<"$spec"
   flag=(); [ "$case" = train ] && flag=(--train)
-  ./target/release/trainer bench "${flag[@]}" --json --model "$model" --image-size "$size" \
-    --batch "$batch" --num-classes "$classes" --iterations "$iterations" --warmup 1 | tee -a "$results"
-  "$python" tests/bench/torch_bench.py "$case" "$model" "$size" "$batch" "$iterations" 1 "$classes" | tee -a "$results"
+  for _ in $(seq "$rounds"); do
+    ./target/release/trainer bench "${flag[@]}" --json --model "$model" --image-size "$size" \
+      --batch "$batch" --num-classes "$classes" --iterations "$iterations" --warmup 1 | tee -a "$results"
+    "$python" tests/bench/torch_bench.py "$case" "$model" "$size" "$batch" "$iterations" 1 "$classes" | tee -a "$results"
+  done
 done
 "$python" tests/bench/table.py "$results"

@@ -275,7 +275,8 @@ impl<'a> Heads<'a> {
     fn attention(&self) -> FlexTensor {
         let (n, dh) = (self.tokens, self.head_dim);
         let merged = Part::merged(self);
-        let mut output = Vec::<f32>::with_capacity(self.batch * n * self.heads * dh);
+        let size = self.batch * n * self.heads * dh;
+        let mut output = Vec::<f32>::with_capacity(size);
         let out = cpu::Shared(output.as_mut_ptr());
         cpu::for_each_index(self.count(), |index| {
             let mut probabilities = vec![0.0f32; n * n];
@@ -296,7 +297,7 @@ impl<'a> Heads<'a> {
             };
         });
         // SAFETY: the heads' blocks cover the output, each written by gemm above.
-        unsafe { output.set_len(output.capacity()) };
+        unsafe { output.set_len(size) };
         cpu::tensor(output, [self.batch, n, self.heads * dh].into())
     }
 
