@@ -24,7 +24,7 @@ pub(in crate::model) struct Matrix<'a> {
 
 impl<'a> Matrix<'a> {
     #[inline(always)]
-    fn at(&self, i: usize, j: usize) -> f32 {
+    pub(in crate::model) fn at(&self, i: usize, j: usize) -> f32 {
         self.values[self.offset + i * self.rows + j * self.columns]
     }
 
