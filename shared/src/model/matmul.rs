@@ -506,6 +506,11 @@ mod tests {
             .swap_dims(1, 2)
             .matmul(rhs.clone().swap_dims(1, 2));
         assert_close(ours(lhs.swap_dims(1, 2), rhs.swap_dims(1, 2)), expected);
+        // A transposed right operand with enough rows on the left to be copied row-major
+        // first (across the copy's 64-value blocks).
+        let (lhs, rhs) = (random([1, 130, 70]), random([1, 90, 70]));
+        let expected = lhs.clone().matmul(rhs.clone().swap_dims(1, 2));
+        assert_close(ours(lhs, rhs.swap_dims(1, 2)), expected);
     }
 
     #[test]
