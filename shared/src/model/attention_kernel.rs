@@ -81,23 +81,24 @@ pub(super) fn composed_attention<B: Backend>(qkv: FloatTensor<B>, heads: usize) 
     merge_heads::<B>(output, [shape[0], shape[1], shape[2] / 3])
 }
 
-/// `[B, N, 3·D]` → query, key and value, each `[B, H, N, Dh]`.
+/// `[B, N, 3·D]` → query, key and value, each a contiguous `[B, H, N, Dh]` (one copy
+/// each, as backends' attention kernels want them).
 pub(super) fn split_heads<B: Backend>(qkv: FloatTensor<B>, heads: usize) -> [FloatTensor<B>; 3] {
     let shape = qkv.shape();
     let (batch, tokens) = (shape[0], shape[1]);
     let head_dim = shape[2] / 3 / heads;
     let qkv = B::float_reshape(qkv, Shape::from([batch, tokens, 3, heads, head_dim]));
+    let qkv = B::float_permute(qkv, &[2, 0, 3, 1, 4]);
     [0, 1, 2].map(|part| {
         let slices = [
-            Slice::from(0..batch),
-            Slice::from(0..tokens),
             Slice::from(part..part + 1),
+            Slice::from(0..batch),
             Slice::from(0..heads),
+            Slice::from(0..tokens),
             Slice::from(0..head_dim),
         ];
         let part = B::float_slice(qkv.clone(), &slices);
-        let part = B::float_reshape(part, Shape::from([batch, tokens, heads, head_dim]));
-        B::float_swap_dims(part, 1, 2)
+        B::float_reshape(part, Shape::from([batch, heads, tokens, head_dim]))
     })
 }
 
