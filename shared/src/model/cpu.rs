@@ -1,6 +1,7 @@
-//! What our own burn-flex kernels (`gelu.rs`, `layer_norm.rs`) share: reading f32
-//! tensors as slices, and running loops over chunks of an output on the thread pool,
-//! compiled for the widest vector unit the CPU has.
+//! What our own burn-flex kernels (`gelu.rs`, `layer_norm.rs`, `sgd.rs`,
+//! `attention_kernel.rs`) share: reading f32 tensors as slices, running loops over
+//! chunks of an output (or over heads) on the thread pool, compiled for the widest vector
+//! unit the CPU has, and a vectorisable `exp`.
 
 use std::mem::MaybeUninit;
 
