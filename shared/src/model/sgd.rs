@@ -26,16 +26,18 @@ pub fn momentum_step(
     lr: f64,
 ) -> (Tensor<1>, Tensor<1>) {
     let device = value.device();
-    if device.is_autodiff() || !super::on_flex(&device) {
-        let trace = grad * scale + trace * momentum;
-        return (value - trace.clone() * lr, trace);
-    }
-    let step = <Dispatch as MomentumStep>::momentum_step(
+    let inputs = (
         value.into_dispatch(),
         grad.into_dispatch(),
         trace.into_dispatch(),
-        [scale, momentum, lr],
     );
+    let factors = [scale, momentum, lr];
+    // The operation is built for burn-flex only; elsewhere its composed form.
+    let step = if device.is_autodiff() || !super::on_flex(&device) {
+        composed::<Dispatch>(inputs.0, inputs.1, inputs.2, factors)
+    } else {
+        <Dispatch as MomentumStep>::momentum_step(inputs.0, inputs.1, inputs.2, factors)
+    };
     (
         Tensor::from_dispatch(step.value),
         Tensor::from_dispatch(step.trace),
