@@ -27,6 +27,17 @@ pub fn predict_all(
     device: &Device,
     bar: &ProgressBar,
 ) -> Vec<usize> {
+    device::on_pool(|| predict_on_this_thread(model, data, batch, device, bar))
+}
+
+/// [`predict_all`] on the calling thread.
+fn predict_on_this_thread(
+    model: &VisionTransformer,
+    data: &Dataset,
+    batch: usize,
+    device: &Device,
+    bar: &ProgressBar,
+) -> Vec<usize> {
     let size = model.config().image_size;
     let indices: Vec<usize> = (0..data.images.len()).collect();
     let mut predictions = Vec::with_capacity(indices.len());

@@ -280,22 +280,23 @@ impl<'a> Heads<'a> {
         let mut output = Vec::<f32>::with_capacity(size);
         let out = cpu::Shared(output.as_mut_ptr());
         cpu::for_each_index(self.count(), |index| {
-            let mut probabilities = vec![0.0f32; n * n];
-            self.probabilities_into(index, &mut probabilities);
-            let probabilities = Matrix::contiguous(&probabilities, n);
-            let value = self.part(2).matrix(self, self.query, index);
-            // SAFETY: head `index`'s block of the output (N rows of Dh values, rows D apart
-            // from its offset) is within the output's capacity and written by this task
-            // only; gemm writes all of it.
-            unsafe {
-                gemm_raw(
-                    probabilities,
-                    value,
-                    [n, n, dh],
-                    out.at(merged.offset(self, index)),
-                    merged.row_stride(),
-                )
-            };
+            cpu::with_scratch(n * n, |probabilities| {
+                self.probabilities_into(index, probabilities);
+                let probabilities = Matrix::contiguous(probabilities, n);
+                let value = self.part(2).matrix(self, self.query, index);
+                // SAFETY: head `index`'s block of the output (N rows of Dh values, rows D
+                // apart from its offset) is within the output's capacity and written by
+                // this task only; gemm writes all of it.
+                unsafe {
+                    gemm_raw(
+                        probabilities,
+                        value,
+                        [n, n, dh],
+                        out.at(merged.offset(self, index)),
+                        merged.row_stride(),
+                    )
+                };
+            })
         });
         // SAFETY: the heads' blocks cover the output, each written by gemm above.
         unsafe { output.set_len(size) };
@@ -331,7 +332,7 @@ impl<'a> Heads<'a> {
 
 /// The gradient of the qkv tensor `[B, N, 3·D]` of [`attention`] from its output and the
 /// output's gradient (both `[B, N, D]`), one head per task (see `training_attention.rs`
-/// for the formulas): each head's probabilities recomputed into a scratch buffer, its
+/// for the formulas): each head's probabilities recomputed into scratch memory, its
 /// three gradients written in place into the result. `None` for tensors that are not
 /// contiguous f32 of those shapes.
 #[cfg(not(target_arch = "wasm32"))]
@@ -357,49 +358,52 @@ pub(super) fn backward(
             [0, 1, 2].map(|part| layout.part(part).matrix(&layout, layout.query, index));
         let output = merged.matrix(&layout, output, index);
         let output_grad = merged.matrix(&layout, output_grad, index);
-        let mut probabilities = vec![0.0f32; n * n];
-        layout.probabilities_into(index, &mut probabilities);
-        let mut scores_grad = vec![0.0f32; n * n];
-        let slot = |part: usize| out.at(layout.part(part).offset(&layout, index));
-        let stride = layout.part(0).row_stride();
-        let probabilities_matrix = Matrix::contiguous(&probabilities, n);
-        // SAFETY (all four products): the destinations are this head's blocks of the
-        // gradient (N rows of Dh values, rows 3·D apart: disjoint across heads and parts,
-        // within its capacity) or this task's N × N buffer.
-        unsafe {
-            // dV = Pᵀ·dO
-            gemm_raw(
-                probabilities_matrix.transposed(),
-                output_grad,
-                [n, n, dh],
-                slot(2),
-                stride,
-            );
-            // dP = dO·Vᵀ
-            gemm_raw(
-                output_grad,
-                value.transposed(),
-                [n, dh, n],
-                scores_grad.as_mut_ptr(),
-                n,
-            );
-        }
-        // dS = P ⊙ (dP − rowsum(dO ⊙ O))·scale, in place of dP.
-        let rows = scores_grad
-            .chunks_exact_mut(n.max(1))
-            .zip(probabilities.chunks_exact(n.max(1)));
-        for (row, (scores_grad, probabilities)) in rows.enumerate() {
-            let row_dot = cpu::sum_of(output_grad.row(row, dh), output.row(row, dh), |a, b| a * b);
-            for (grad, &probability) in scores_grad.iter_mut().zip(probabilities) {
-                *grad = probability * (*grad - row_dot) * scale;
+        cpu::with_scratch(2 * n * n, |scratch| {
+            let (probabilities, scores_grad) = scratch.split_at_mut(n * n);
+            layout.probabilities_into(index, probabilities);
+            let slot = |part: usize| out.at(layout.part(part).offset(&layout, index));
+            let stride = layout.part(0).row_stride();
+            let probabilities_matrix = Matrix::contiguous(probabilities, n);
+            // SAFETY (all four products): the destinations are this head's blocks of the
+            // gradient (N rows of Dh values, rows 3·D apart: disjoint across heads and
+            // parts, within its capacity) or this task's N × N buffer, which gemm
+            // overwrites.
+            unsafe {
+                // dV = Pᵀ·dO
+                gemm_raw(
+                    probabilities_matrix.transposed(),
+                    output_grad,
+                    [n, n, dh],
+                    slot(2),
+                    stride,
+                );
+                // dP = dO·Vᵀ
+                gemm_raw(
+                    output_grad,
+                    value.transposed(),
+                    [n, dh, n],
+                    scores_grad.as_mut_ptr(),
+                    n,
+                );
             }
-        }
-        let scores_grad = Matrix::contiguous(&scores_grad, n);
-        unsafe {
-            // dQ = dS·K, dK = dSᵀ·Q
-            gemm_raw(scores_grad, key, [n, n, dh], slot(0), stride);
-            gemm_raw(scores_grad.transposed(), query, [n, n, dh], slot(1), stride);
-        }
+            // dS = P ⊙ (dP − rowsum(dO ⊙ O))·scale, in place of dP.
+            let rows = scores_grad
+                .chunks_exact_mut(n.max(1))
+                .zip(probabilities.chunks_exact(n.max(1)));
+            for (row, (scores_grad, probabilities)) in rows.enumerate() {
+                let row_dot =
+                    cpu::sum_of(output_grad.row(row, dh), output.row(row, dh), |a, b| a * b);
+                for (grad, &probability) in scores_grad.iter_mut().zip(probabilities) {
+                    *grad = probability * (*grad - row_dot) * scale;
+                }
+            }
+            let scores_grad = Matrix::contiguous(scores_grad, n);
+            unsafe {
+                // dQ = dS·K, dK = dSᵀ·Q
+                gemm_raw(scores_grad, key, [n, n, dh], slot(0), stride);
+                gemm_raw(scores_grad.transposed(), query, [n, n, dh], slot(1), stride);
+            }
+        })
     });
     // SAFETY: the heads' three blocks cover the gradient, each written by gemm above.
     unsafe { grad.set_len(3 * size) };

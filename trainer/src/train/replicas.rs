@@ -25,6 +25,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 use vit::VisionTransformer;
 
 use super::steps::mixed_cross_entropy;
+use crate::device;
 use crate::pipeline::MicroBatch;
 
 /// The backends' random generators (flex's, libtorch's) are one per process, not one
@@ -96,7 +97,8 @@ impl Replicas {
         };
         let stochastic = is_stochastic(model);
         if count == 1 {
-            return Ok(shard(0).gradients(model, &self.devices[0].clone().autodiff(), false));
+            let (shard, device) = (shard(0), self.devices[0].clone().autodiff());
+            return Ok(device::on_pool(|| shard.gradients(model, &device, false)));
         }
         let results = std::thread::scope(|scope| {
             let handles: Vec<_> = self

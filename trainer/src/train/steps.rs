@@ -22,7 +22,7 @@ use crate::metrics::{Metrics, MetricsLine};
 use crate::optimizer::{self, Optimizer};
 use crate::pipeline::{self, DropPath, MicroBatch, Plan};
 use crate::recipe::RunOptions;
-use crate::{augment, checkpoint, eval, progress};
+use crate::{augment, checkpoint, device, eval, progress};
 
 /// Mean softmax cross-entropy of `logits` [B, C] against class `targets`, with label
 /// smoothing `smoothing` as PyTorch's `CrossEntropyLoss(label_smoothing=…)`:
@@ -268,11 +268,12 @@ impl Run<'_> {
             };
             let (part_loss, grads) = self.replicas.gradients(&model, &batch, options, seed)?;
             loss += part_loss;
-            accumulator.accumulate(&model, grads);
+            device::on_pool(|| accumulator.accumulate(&model, grads));
         }
         let lr = recipe.schedule().lr_at(step);
         let clip = (recipe.grad_clip > 0.0).then_some(recipe.grad_clip);
-        let (model, grad_norm) = optimizer.step(model, accumulator.grads(), lr, clip);
+        let (model, grad_norm) =
+            device::on_pool(|| optimizer.step(model, accumulator.grads(), lr, clip));
         Ok((
             model,
             StepReport {
