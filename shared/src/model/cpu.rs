@@ -16,6 +16,18 @@ pub(super) fn f32_values(tensor: &FlexTensor) -> Option<&[f32]> {
         .flatten()
 }
 
+/// The values of `tensor` to write over, when it is a contiguous f32 tensor that nothing
+/// else holds (else `None`: writing would change what others see).
+pub(super) fn f32_values_mut(tensor: &mut FlexTensor) -> Option<&mut [f32]> {
+    if tensor.dtype() != DType::F32 {
+        return None;
+    }
+    let (start, end) = tensor.layout().contiguous_offsets()?;
+    tensor
+        .try_storage_mut::<f32>()
+        .map(|values| &mut values[start..end])
+}
+
 /// A new f32 tensor.
 pub(super) fn tensor(values: Vec<f32>, shape: Shape) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(values, shape))
@@ -84,6 +96,30 @@ pub(super) fn compute_pair(
         second.set_len(len);
     }
     (first, second)
+}
+
+/// `work(index, a, b)` on the `index`-th consecutive `chunk`-long pieces of two equally
+/// long slices, written in place, as [`compute_pair`] runs them.
+pub(super) fn for_each_piece_pair(
+    a: &mut [f32],
+    b: &mut [f32],
+    chunk: usize,
+    work: impl Fn(usize, &mut [f32], &mut [f32]) + Sync,
+) {
+    let run = |(index, (a, b))| vectorised(|| work(index, a, b));
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        use rayon::prelude::*;
+        a.par_chunks_mut(chunk.max(1))
+            .zip(b.par_chunks_mut(chunk.max(1)))
+            .enumerate()
+            .for_each(run);
+    }
+    #[cfg(target_arch = "wasm32")]
+    a.chunks_mut(chunk.max(1))
+        .zip(b.chunks_mut(chunk.max(1)))
+        .enumerate()
+        .for_each(run);
 }
 
 /// Calls `work(index)` for every index below `count`, on the thread pool, with AVX2

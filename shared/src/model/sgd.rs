@@ -12,6 +12,8 @@ use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, Dispatch, ExtensionType, Flex, TensorMetadata, backend_extension};
 use burn::tensor::Tensor;
 
+use burn_flex::FlexTensor;
+
 use super::cpu;
 
 /// `trace ← grad·scale + trace·momentum`, then `value ← value − lr·trace`, for flat
@@ -82,14 +84,21 @@ fn composed<B: Backend>(
     }
 }
 
+/// Values per task of the thread pool.
+const CHUNK: usize = 1 << 14;
+
 impl MomentumStep for Flex {
     fn momentum_step(
-        value: FloatTensor<Self>,
+        mut value: FloatTensor<Self>,
         grad: FloatTensor<Self>,
-        trace: FloatTensor<Self>,
+        mut trace: FloatTensor<Self>,
         factors: [f64; 3],
     ) -> Step<Self> {
-        const CHUNK: usize = 1 << 14;
+        // burn's scalar operations on f32 tensors take the factors as f32.
+        let [scale, momentum, lr] = factors.map(|factor| factor as f32);
+        if step_in_place(&mut value, &grad, &mut trace, [scale, momentum, lr]) {
+            return Step { value, trace };
+        }
         let shape = value.shape();
         let inputs = (
             cpu::f32_values(&value),
@@ -104,8 +113,6 @@ impl MomentumStep for Flex {
         if gradient.len() != count || velocity.len() != count {
             return composed::<Self>(value, grad, trace, factors);
         }
-        // burn's scalar operations on f32 tensors take the factors as f32.
-        let [scale, momentum, lr] = factors.map(|factor| factor as f32);
         let (new_value, new_trace) = cpu::compute_pair(count, CHUNK, |index, value, trace| {
             let start = index * CHUNK;
             let inputs = old[start..]
@@ -124,6 +131,36 @@ impl MomentumStep for Flex {
             trace: cpu::tensor(new_trace, shape),
         }
     }
+}
+
+/// The step written over `value` and `trace` when nothing else holds them (the trainer's
+/// parameters and momentum buffers, step after step) and all three are contiguous f32 of
+/// one length: no new memory to allocate and zero, two streams fewer. `false` (nothing
+/// changed) otherwise.
+fn step_in_place(
+    value: &mut FlexTensor,
+    grad: &FlexTensor,
+    trace: &mut FlexTensor,
+    [scale, momentum, lr]: [f32; 3],
+) -> bool {
+    let Some(gradient) = cpu::f32_values(grad) else {
+        return false;
+    };
+    let (Some(values), Some(traces)) = (cpu::f32_values_mut(value), cpu::f32_values_mut(trace))
+    else {
+        return false;
+    };
+    if values.len() != gradient.len() || traces.len() != gradient.len() {
+        return false;
+    }
+    cpu::for_each_piece_pair(values, traces, CHUNK, |index, values, traces| {
+        let gradient = &gradient[index * CHUNK..];
+        for ((value, trace), &grad) in values.iter_mut().zip(traces.iter_mut()).zip(gradient) {
+            *trace = grad * scale + *trace * momentum;
+            *value -= *trace * lr;
+        }
+    });
+    true
 }
 
 #[cfg(test)]
@@ -151,5 +188,49 @@ mod tests {
         let expected_value = value - expected_trace.clone() * lr;
         assert_eq!(ours_trace.into_data(), expected_trace.into_data());
         assert_eq!(ours_value.into_data(), expected_value.into_data());
+    }
+
+    #[test]
+    fn buffers_that_nothing_else_holds_are_updated_in_place_to_the_same_bits() {
+        let values = |seed: u32| -> Vec<f32> {
+            (0..40_000u32)
+                .map(|i| ((i.wrapping_mul(2_654_435_761) ^ seed) % 20_011) as f32 / 7_919.0 - 1.3)
+                .collect()
+        };
+        let flex = |values: &[f32]| cpu::tensor(values.to_vec(), [values.len()].into());
+        let (value, grad, trace) = (values(1), values(2), values(3));
+        let factors = [0.37, 0.9, 0.003];
+        let [scale, momentum, lr] = factors.map(|factor| factor as f32);
+        let expected_trace: Vec<f32> = grad
+            .iter()
+            .zip(&trace)
+            .map(|(&g, &t)| g * scale + t * momentum)
+            .collect();
+        let expected_value: Vec<f32> = value
+            .iter()
+            .zip(&expected_trace)
+            .map(|(&v, &t)| v - t * lr)
+            .collect();
+        let address = |tensor: &FlexTensor| tensor.storage::<f32>().as_ptr();
+        // Held by nothing else: written over.
+        let (value_tensor, trace_tensor) = (flex(&value), flex(&trace));
+        let addresses = (address(&value_tensor), address(&trace_tensor));
+        let step = Flex::momentum_step(value_tensor, flex(&grad), trace_tensor, factors);
+        assert_eq!((address(&step.value), address(&step.trace)), addresses);
+        assert_eq!(cpu::f32_values(&step.value), Some(&expected_value[..]));
+        assert_eq!(cpu::f32_values(&step.trace), Some(&expected_trace[..]));
+        // Shared: new tensors, the originals unchanged.
+        let (value_tensor, trace_tensor) = (flex(&value), flex(&trace));
+        let step = Flex::momentum_step(
+            value_tensor.clone(),
+            flex(&grad),
+            trace_tensor.clone(),
+            factors,
+        );
+        assert_ne!(address(&step.value), address(&value_tensor));
+        assert_eq!(cpu::f32_values(&value_tensor), Some(&value[..]));
+        assert_eq!(cpu::f32_values(&trace_tensor), Some(&trace[..]));
+        assert_eq!(cpu::f32_values(&step.value), Some(&expected_value[..]));
+        assert_eq!(cpu::f32_values(&step.trace), Some(&expected_trace[..]));
     }
 }
