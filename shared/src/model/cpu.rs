@@ -16,16 +16,14 @@ pub(super) fn f32_values(tensor: &FlexTensor) -> Option<&[f32]> {
         .flatten()
 }
 
-/// The values of `tensor` to write over, when it is a contiguous f32 tensor that nothing
-/// else holds (else `None`: writing would change what others see).
+/// The values of a contiguous f32 tensor to write over: its own memory when nothing else
+/// holds it, else a copy that it then holds alone (copy on write).
 pub(super) fn f32_values_mut(tensor: &mut FlexTensor) -> Option<&mut [f32]> {
     if tensor.dtype() != DType::F32 {
         return None;
     }
     let (start, end) = tensor.layout().contiguous_offsets()?;
-    tensor
-        .try_storage_mut::<f32>()
-        .map(|values| &mut values[start..end])
+    Some(&mut tensor.storage_mut::<f32>()[start..end])
 }
 
 /// A new f32 tensor.
@@ -67,39 +65,8 @@ pub(super) fn compute<R: Send>(
     (output, results)
 }
 
-/// [`compute`] for two outputs of one length at once: `work(index, a, b)` on the
-/// `index`-th pieces of both.
-pub(super) fn compute_pair(
-    len: usize,
-    chunk: usize,
-    work: impl Fn(usize, &mut [f32], &mut [f32]) + Sync,
-) -> (Vec<f32>, Vec<f32>) {
-    let (mut first, mut second) = (Vec::with_capacity(len), Vec::with_capacity(len));
-    let run = |(index, (a, b))| vectorised(|| work(index, zeroed(a), zeroed(b)));
-    let a = first.spare_capacity_mut()[..len].chunks_mut(chunk.max(1));
-    let b = second.spare_capacity_mut()[..len].chunks_mut(chunk.max(1));
-    let pairs = a.zip(b);
-    #[cfg(not(target_arch = "wasm32"))]
-    {
-        use rayon::prelude::*;
-        pairs
-            .collect::<Vec<_>>()
-            .into_par_iter()
-            .enumerate()
-            .for_each(run);
-    }
-    #[cfg(target_arch = "wasm32")]
-    pairs.enumerate().for_each(run);
-    // SAFETY: the pieces of each cover its first `len` values, and each was zeroed.
-    unsafe {
-        first.set_len(len);
-        second.set_len(len);
-    }
-    (first, second)
-}
-
 /// `work(index, a, b)` on the `index`-th consecutive `chunk`-long pieces of two equally
-/// long slices, written in place, as [`compute_pair`] runs them.
+/// long slices, written in place, on the thread pool as [`compute`] runs its pieces.
 pub(super) fn for_each_piece_pair(
     a: &mut [f32],
     b: &mut [f32],

@@ -9,7 +9,7 @@
 //! form.
 
 use burn::backend::tensor::FloatTensor;
-use burn::backend::{Backend, Dispatch, ExtensionType, Flex, TensorMetadata, backend_extension};
+use burn::backend::{Backend, Dispatch, ExtensionType, Flex, backend_extension};
 use burn::tensor::Tensor;
 
 use burn_flex::FlexTensor;
@@ -97,46 +97,18 @@ impl MomentumStep for Flex {
         // burn's scalar operations on f32 tensors take the factors as f32.
         let [scale, momentum, lr] = factors.map(|factor| factor as f32);
         if step_in_place(&mut value, &grad, &mut trace, [scale, momentum, lr]) {
-            return Step { value, trace };
-        }
-        let shape = value.shape();
-        let inputs = (
-            cpu::f32_values(&value),
-            cpu::f32_values(&grad),
-            cpu::f32_values(&trace),
-        );
-        let (Some(old), Some(gradient), Some(velocity)) = inputs else {
-            // Not contiguous f32: the composed form.
-            return composed::<Self>(value, grad, trace, factors);
-        };
-        let count = old.len();
-        if gradient.len() != count || velocity.len() != count {
-            return composed::<Self>(value, grad, trace, factors);
-        }
-        let (new_value, new_trace) = cpu::compute_pair(count, CHUNK, |index, value, trace| {
-            let start = index * CHUNK;
-            let inputs = old[start..]
-                .iter()
-                .zip(&gradient[start..])
-                .zip(&velocity[start..]);
-            for ((value, trace), ((&old, &grad), &velocity)) in
-                value.iter_mut().zip(trace.iter_mut()).zip(inputs)
-            {
-                *trace = grad * scale + velocity * momentum;
-                *value = old - *trace * lr;
-            }
-        });
-        Step {
-            value: cpu::tensor(new_value, shape.clone()),
-            trace: cpu::tensor(new_trace, shape),
+            Step { value, trace }
+        } else {
+            // Not contiguous f32 of one length: the composed form.
+            composed::<Self>(value, grad, trace, factors)
         }
     }
 }
 
-/// The step written over `value` and `trace` when nothing else holds them (the trainer's
-/// parameters and momentum buffers, step after step) and all three are contiguous f32 of
-/// one length: no new memory to allocate and zero, two streams fewer. `false` (nothing
-/// changed) otherwise.
+/// The step written over `value` and `trace` when all three are contiguous f32 of one
+/// length (`false`, nothing changed, otherwise): in their own memory when nothing else
+/// holds them (the trainer's parameters and momentum buffers, step after step), so no new
+/// memory to allocate and fill; else in copies.
 fn step_in_place(
     value: &mut FlexTensor,
     grad: &FlexTensor,
@@ -173,25 +145,29 @@ mod tests {
         // Long enough for several chunks of the thread pool; factors that are not exact
         // in f32.
         let device: Device = burn::backend::FlexDevice.into();
-        let random = || Tensor::<1>::random([40_000], Distribution::Normal(0.0, 1.0), &device);
+        let random =
+            || Tensor::<1>::random([40_000], Distribution::Normal(0.0, 1.0), &device).into_data();
         let (value, grad, trace) = (random(), random(), random());
+        let tensor =
+            |data: &burn::tensor::TensorData| Tensor::<1>::from_data(data.clone(), &device);
         let (scale, momentum, lr) = (0.37, 0.9, 0.003);
+        // Fresh tensors, as the trainer's: updated in place.
         let (ours_value, ours_trace) = momentum_step(
-            value.clone(),
-            grad.clone(),
-            trace.clone(),
+            tensor(&value),
+            tensor(&grad),
+            tensor(&trace),
             scale,
             momentum,
             lr,
         );
-        let expected_trace = grad * scale + trace * momentum;
-        let expected_value = value - expected_trace.clone() * lr;
+        let expected_trace = tensor(&grad) * scale + tensor(&trace) * momentum;
+        let expected_value = tensor(&value) - expected_trace.clone() * lr;
         assert_eq!(ours_trace.into_data(), expected_trace.into_data());
         assert_eq!(ours_value.into_data(), expected_value.into_data());
     }
 
     #[test]
-    fn buffers_that_nothing_else_holds_are_updated_in_place_to_the_same_bits() {
+    fn buffers_that_nothing_else_holds_are_updated_in_place_others_in_copies() {
         let values = |seed: u32| -> Vec<f32> {
             (0..40_000u32)
                 .map(|i| ((i.wrapping_mul(2_654_435_761) ^ seed) % 20_011) as f32 / 7_919.0 - 1.3)
@@ -219,7 +195,7 @@ mod tests {
         assert_eq!((address(&step.value), address(&step.trace)), addresses);
         assert_eq!(cpu::f32_values(&step.value), Some(&expected_value[..]));
         assert_eq!(cpu::f32_values(&step.trace), Some(&expected_trace[..]));
-        // Shared: new tensors, the originals unchanged.
+        // Shared: written in copies, the originals unchanged.
         let (value_tensor, trace_tensor) = (flex(&value), flex(&trace));
         let step = Flex::momentum_step(
             value_tensor.clone(),
