@@ -86,12 +86,13 @@ fn random_images(args: &BenchArgs, device: &burn::tensor::Device) -> Tensor<4> {
     )
 }
 
-/// Runs `work` `warmup` times untimed, then `iterations` times timed; milliseconds.
-/// Times `work` as the trainer runs it: on the thread pool (see [`device::on_pool`]).
+/// Runs `work` `warmup` times untimed, then `iterations` times timed; milliseconds. On
+/// the thread pool, as the trainer runs its steps (see [`device::on_pool`]).
 fn time(args: &BenchArgs, work: impl FnMut() -> Result<()> + Send) -> Result<Vec<f64>> {
     device::on_pool(|| time_on_this_thread(args, work))
 }
 
+/// [`time`] on the calling thread.
 fn time_on_this_thread(args: &BenchArgs, mut work: impl FnMut() -> Result<()>) -> Result<Vec<f64>> {
     for _ in 0..args.warmup {
         work()?;

@@ -162,9 +162,10 @@ fn parse_one(name: &str) -> Result<Device> {
 /// then runs one part on this thread and leaves the other to an idle worker, instead of
 /// the main thread handing every part to the pool, waking its threads and sleeping until
 /// they are done. Thousands of such hand-overs a step: ViT-B/16's training step took
-/// 11.2 s from the main thread against 10.2 s on the pool here, the demo model's 178
-/// against 168 ms (`trainer bench --train`, medians of alternated runs). Not for work that blocks waiting on other threads' use of the
-/// pool (data-parallel replicas): it would keep this thread from helping them.
+/// 10.6 s from the main thread against 9.3 s on the pool here (2 pairs), the demo model's
+/// 178 against 167 ms (6 pairs; `trainer bench --train`, medians of alternated runs). Not
+/// for work that blocks waiting on other threads' use of the pool (data-parallel
+/// replicas): it would keep this thread from helping them.
 pub fn on_pool<R: Send>(work: impl FnOnce() -> R + Send) -> R {
     rayon::scope(|_| work())
 }
