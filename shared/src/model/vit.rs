@@ -92,9 +92,18 @@ impl VisionTransformer {
     /// `[B, 2 × num_layers]` holds each example's decisions, 1 (keep) or 0 (drop), for
     /// every block's attention branch (column `2i`) and MLP branch (column `2i + 1`).
     pub fn forward_training(&self, images: Tensor<4>, keep: Option<Tensor<2>>) -> Tensor<2> {
-        let tokens = self.tokens(images);
-        let encoded = self.encoder.forward(tokens, keep);
+        let encoded = self.encode(images, keep);
         self.classify(encoded)
+    }
+
+    /// The encoder's output that pooling reads: with the `token` classifier the class
+    /// token alone (`[B, 1, D]`; see [`Encoder::forward_class_token`]), else every token.
+    fn encode(&self, images: Tensor<4>, keep: Option<Tensor<2>>) -> Tensor<3> {
+        let tokens = self.tokens(images);
+        match self.config.classifier {
+            Classifier::Token => self.encoder.forward_class_token(tokens, keep),
+            Classifier::Gap => self.encoder.forward(tokens, keep),
+        }
     }
 
     /// Like [`forward`](Self::forward), also returning every layer's attention probabilities.
@@ -124,8 +133,7 @@ impl VisionTransformer {
     /// of the tokens) after the final LayerNorm, through the pre-logits layer if there
     /// is one. These are the features a new head is trained on (the page's teaching).
     pub fn representation(&self, images: Tensor<4>) -> Tensor<2> {
-        let tokens = self.tokens(images);
-        self.pool(self.encoder.forward(tokens, None))
+        self.pool(self.encode(images, None))
     }
 
     /// Pooling, pre-logits and head: `[B, N, D]` → `[B, C]`.
