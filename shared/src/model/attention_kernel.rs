@@ -393,9 +393,7 @@ pub(super) fn backward(
             for (row, (scores_grad, probabilities)) in rows.enumerate() {
                 let row_dot =
                     cpu::sum_of(output_grad.row(row, dh), output.row(row, dh), |a, b| a * b);
-                for (grad, &probability) in scores_grad.iter_mut().zip(probabilities) {
-                    *grad = probability * (*grad - row_dot) * scale;
-                }
+                softmax_backward(scores_grad, probabilities, row_dot, scale);
             }
             let scores_grad = Matrix::contiguous(scores_grad, n);
             unsafe {
@@ -410,11 +408,21 @@ pub(super) fn backward(
     Some(cpu::tensor(grad, qkv.shape().clone()))
 }
 
+#[cfg(not(target_arch = "wasm32"))]
+cpu::vectorised! {
+    /// `dS ← P ⊙ (dP − row_dot)·scale` on one row, `grad` (dP) overwritten.
+    fn softmax_backward(grad: &mut [f32], probabilities: &[f32], row_dot: f32, scale: f32) {
+        for (grad, &probability) in grad.iter_mut().zip(probabilities) {
+            *grad = probability * (*grad - row_dot) * scale;
+        }
+    }
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+cpu::vectorised! {
 /// `row ← softmax(row · scale)`, in the order of burn-flex's kernel: scaled scores, their
 /// maximum, `e^(s − max)` and its sum, then a product with `1 / sum`. Eight lanes of
 /// partial maxima and sums so that the loops vectorise.
-#[cfg(not(target_arch = "wasm32"))]
-#[inline(always)]
 fn softmax(row: &mut [f32], scale: f32) {
     const LANES: usize = 8;
     let mut maxima = [f32::NEG_INFINITY; LANES];
@@ -446,6 +454,7 @@ fn softmax(row: &mut [f32], scale: f32) {
     for value in row.iter_mut() {
         *value *= inverse;
     }
+}
 }
 
 #[cfg(test)]

@@ -1,7 +1,11 @@
 //! What our own burn-flex kernels (`gelu.rs`, `layer_norm.rs`, `sgd.rs`,
 //! `attention_kernel.rs`) share: reading f32 tensors as slices, running loops over
-//! chunks of an output (or over heads) on the thread pool, compiled for the widest vector
-//! unit the CPU has, and a vectorisable `exp`.
+//! chunks of an output (or over heads) on the thread pool, and a vectorisable `exp`.
+//!
+//! Their loops are functions marked [`vectorised`](macro@vectorised): compiled also for
+//! AVX-512 and for AVX2 (16 and 8 lanes, where the baseline x86-64 build has SSE2's 4),
+//! the widest that the CPU has picked at run time. Rust never fuses a product and a sum
+//! into one rounding (FMA) on its own, so every version gives the same bits.
 
 use std::mem::MaybeUninit;
 
@@ -46,7 +50,7 @@ pub(super) fn compute<R: Send>(
     work: impl Fn(usize, &mut [f32]) -> R + Sync,
 ) -> (Vec<f32>, Vec<R>) {
     let mut output = Vec::with_capacity(len);
-    let run = |(index, piece)| vectorised(|| work(index, zeroed(piece)));
+    let run = |(index, piece)| work(index, zeroed(piece));
     let pieces = output.spare_capacity_mut()[..len].chunks_mut(chunk.max(1));
     #[cfg(not(target_arch = "wasm32"))]
     let results = {
@@ -73,7 +77,7 @@ pub(super) fn for_each_piece_pair(
     chunk: usize,
     work: impl Fn(usize, &mut [f32], &mut [f32]) + Sync,
 ) {
-    let run = |(index, (a, b))| vectorised(|| work(index, a, b));
+    let run = |(index, (a, b))| work(index, a, b);
     #[cfg(not(target_arch = "wasm32"))]
     {
         use rayon::prelude::*;
@@ -89,14 +93,11 @@ pub(super) fn for_each_piece_pair(
         .for_each(run);
 }
 
-/// Calls `work(index)` for every index below `count`, on the thread pool, with AVX2
-/// where the CPU has it (natively only).
+/// Calls `work(index)` for every index below `count`, on the thread pool (natively only).
 #[cfg(not(target_arch = "wasm32"))]
 pub(super) fn for_each_index(count: usize, work: impl Fn(usize) + Sync) {
     use rayon::prelude::*;
-    (0..count)
-        .into_par_iter()
-        .for_each(|index| vectorised(|| work(index)));
+    (0..count).into_par_iter().for_each(&work);
 }
 
 /// Runs `work` on `len` values of this thread's scratch memory, which keeps what earlier
@@ -149,21 +150,26 @@ fn zeroed(piece: &mut [MaybeUninit<f32>]) -> &mut [f32] {
     unsafe { &mut *(piece as *mut [MaybeUninit<f32>] as *mut [f32]) }
 }
 
-/// Runs `work` (inlined) compiled for AVX2 where the CPU has it: eight lanes instead of
-/// SSE2's four (the loops inline into it). Without FMA, so both give the same results.
-#[inline(always)]
-fn vectorised<R>(work: impl FnOnce() -> R) -> R {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        #[target_feature(enable = "avx2")]
-        fn avx2<R>(work: impl FnOnce() -> R) -> R {
-            work()
-        }
-        // SAFETY: the CPU has AVX2 (checked just above).
-        return unsafe { avx2(work) };
-    }
-    work()
+/// Marks a function to compile also for AVX-512 and AVX2 (see the module's
+/// documentation). A closure is not enough: one passed to a function compiled for AVX2
+/// keeps the features of where it was written unless the compiler inlines it, and ours
+/// (long loops) it did not: before, the GELU's and the softmax's loops ran with SSE2's
+/// four lanes (`perf annotate`).
+#[cfg(target_arch = "x86_64")]
+macro_rules! vectorised {
+    ($item:item) => {
+        #[multiversion::multiversion(targets("x86_64+avx512f", "x86_64+avx2"))]
+        $item
+    };
 }
+/// Elsewhere (the browser's wasm SIMD is fixed at build time) the function as written.
+#[cfg(not(target_arch = "x86_64"))]
+macro_rules! vectorised {
+    ($item:item) => {
+        $item
+    };
+}
+pub(super) use vectorised;
 
 /// `Σ f(a_i, b_i)` over two equally long slices, in eight independent partial sums so
 /// that the loop vectorises (a single running sum must add in order, one at a time).

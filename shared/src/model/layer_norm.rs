@@ -249,7 +249,31 @@ fn backward_f32(
     let (input_grad, partial_sums) = cpu::compute(x.len(), chunk, |index, out| {
         let start = index * chunk;
         let x = &x[start..start + out.len()];
-        let grad = &grad[start..start + out.len()];
+        backward_rows(x, &grad[start..start + out.len()], gamma, epsilon, out)
+    });
+    let mut gamma_grad = vec![0.0f64; size];
+    let mut beta_grad = vec![0.0f64; size];
+    for (gamma_sum, beta_sum) in partial_sums {
+        for i in 0..size {
+            gamma_grad[i] += gamma_sum[i];
+            beta_grad[i] += beta_sum[i];
+        }
+    }
+    let to_f32 = |sums: Vec<f64>| sums.into_iter().map(|sum| sum as f32).collect();
+    (input_grad, to_f32(gamma_grad), to_f32(beta_grad))
+}
+
+cpu::vectorised! {
+    /// The input gradient of whole rows of `x` into `out`, and these rows' column sums of
+    /// g·x̂ and of g (for the scale's and the bias's gradients).
+    fn backward_rows(
+        x: &[f32],
+        grad: &[f32],
+        gamma: &[f32],
+        epsilon: f32,
+        out: &mut [f32],
+    ) -> (Vec<f64>, Vec<f64>) {
+        let size = gamma.len();
         let mut gamma_sum = vec![0.0f64; size];
         let mut beta_sum = vec![0.0f64; size];
         let mut scaled_grad = vec![0.0f32; size];
@@ -278,17 +302,7 @@ fn backward_f32(
             }
         }
         (gamma_sum, beta_sum)
-    });
-    let mut gamma_grad = vec![0.0f64; size];
-    let mut beta_grad = vec![0.0f64; size];
-    for (gamma_sum, beta_sum) in partial_sums {
-        for i in 0..size {
-            gamma_grad[i] += gamma_sum[i];
-            beta_grad[i] += beta_sum[i];
-        }
     }
-    let to_f32 = |sums: Vec<f64>| sums.into_iter().map(|sum| sum as f32).collect();
-    (input_grad, to_f32(gamma_grad), to_f32(beta_grad))
 }
 
 #[cfg(test)]

@@ -126,13 +126,24 @@ fn step_in_place(
         return false;
     }
     cpu::for_each_piece_pair(values, traces, CHUNK, |index, values, traces| {
-        let gradient = &gradient[index * CHUNK..];
+        update(
+            values,
+            traces,
+            &gradient[index * CHUNK..],
+            [scale, momentum, lr],
+        );
+    });
+    true
+}
+
+cpu::vectorised! {
+    /// The step on one piece (over the shortest of the three slices).
+    fn update(values: &mut [f32], traces: &mut [f32], gradient: &[f32], [scale, momentum, lr]: [f32; 3]) {
         for ((value, trace), &grad) in values.iter_mut().zip(traces.iter_mut()).zip(gradient) {
             *trace = grad * scale + *trace * momentum;
             *value -= *trace * lr;
         }
-    });
-    true
+    }
 }
 
 #[cfg(test)]
