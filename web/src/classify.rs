@@ -208,13 +208,14 @@ impl Classifier {
             .collect();
         let mut maps = Vec::with_capacity(output.attentions.len());
         for attention in output.attentions {
-            let [_, heads, tokens, _] = attention.dims();
-            maps.push((heads, tokens, read_f32(attention).await?));
+            let [_, heads, queries, tokens] = attention.dims();
+            maps.push(([heads, queries, tokens], read_f32(attention).await?));
         }
         let layers: Vec<LayerAttention<'_>> = maps
             .iter()
-            .map(|(heads, tokens, values)| LayerAttention {
+            .map(|([heads, queries, tokens], values)| LayerAttention {
                 heads: *heads,
+                queries: *queries,
                 tokens: *tokens,
                 probabilities: values,
             })

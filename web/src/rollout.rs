@@ -5,13 +5,17 @@
 //! renormalise rows; the rollout is the product of these matrices from the
 //! last layer down to the first. Only the class-token row is shown, so it is
 //! computed as a row vector times each matrix: O(layers · tokens²) instead of
-//! a full matrix product per layer.
+//! a full matrix product per layer. Of the last layer only that row is read, so
+//! it may hold the class token's row alone (as the model computes it).
 
-/// One layer's attention probabilities for one image, `[heads, tokens, tokens]`
-/// row-major (row = query token, column = key token).
+/// One layer's attention probabilities for one image, `[heads, queries, tokens]`
+/// row-major (row = query token, column = key token): every token's row
+/// (`queries` = `tokens`), or in the last layer possibly the class token's alone
+/// (`queries` = 1).
 #[derive(Debug, Clone, Copy)]
 pub struct LayerAttention<'a> {
     pub heads: usize,
+    pub queries: usize,
     pub tokens: usize,
     pub probabilities: &'a [f32],
 }
@@ -22,13 +26,22 @@ pub enum RolloutError {
     #[error("no attention layers to roll out")]
     NoLayers,
     #[error(
-        "layer {layer}: {len} attention values do not make {heads} heads of {tokens}x{tokens} tokens"
+        "layer {layer}: {len} attention values do not make {heads} heads of {queries}x{tokens} tokens"
     )]
     Shape {
         layer: usize,
         heads: usize,
+        queries: usize,
         tokens: usize,
         len: usize,
+    },
+    #[error(
+        "layer {layer} holds {queries} of {tokens} query rows: only the last layer may hold the class token's row alone"
+    )]
+    PartialLayer {
+        layer: usize,
+        queries: usize,
+        tokens: usize,
     },
     #[error("layer {layer} has {tokens} tokens where layer 0 has {expected}")]
     TokenCount {
@@ -54,6 +67,17 @@ pub fn class_token_rollout(
             tokens,
         });
     }
+    // Rows other than the class token's are read everywhere but from a class-token row.
+    for (index, layer) in layers.iter().enumerate() {
+        let last = index + 1 == layers.len();
+        if layer.queries != tokens && !(last && layer.queries == 1 && prefix_tokens > 0) {
+            return Err(RolloutError::PartialLayer {
+                layer: index,
+                queries: layer.queries,
+                tokens,
+            });
+        }
+    }
     // Start from the query row(s) the classifier reads.
     let mut row = vec![0.0f64; tokens];
     if prefix_tokens > 0 {
@@ -67,7 +91,7 @@ pub fn class_token_rollout(
     Ok(row[prefix_tokens..].iter().map(|&w| w as f32).collect())
 }
 
-/// Checks every layer is `[heads, T, T]` with one `T`; returns `T`.
+/// Checks every layer is `[heads, Q, T]` with one `T`; returns `T`.
 fn check_shapes(layers: &[LayerAttention<'_>]) -> Result<usize, RolloutError> {
     let expected = layers.first().ok_or(RolloutError::NoLayers)?.tokens;
     for (index, layer) in layers.iter().enumerate() {
@@ -79,11 +103,13 @@ fn check_shapes(layers: &[LayerAttention<'_>]) -> Result<usize, RolloutError> {
             });
         }
         if layer.heads == 0
-            || layer.probabilities.len() != layer.heads * layer.tokens * layer.tokens
+            || layer.queries == 0
+            || layer.probabilities.len() != layer.heads * layer.queries * layer.tokens
         {
             return Err(RolloutError::Shape {
                 layer: index,
                 heads: layer.heads,
+                queries: layer.queries,
                 tokens: layer.tokens,
                 len: layer.probabilities.len(),
             });
@@ -92,11 +118,11 @@ fn check_shapes(layers: &[LayerAttention<'_>]) -> Result<usize, RolloutError> {
     Ok(expected)
 }
 
-/// `rownorm(mean_heads(A) + I)`, `[T, T]` row-major, in f64 so that twelve
-/// layers of products do not lose the small weights.
+/// `rownorm(mean_heads(A) + I)`, `[Q, T]` row-major (the layer's query rows), in f64
+/// so that twelve layers of products do not lose the small weights.
 fn mixed_attention(layer: &LayerAttention<'_>) -> Vec<f64> {
     let tokens = layer.tokens;
-    let plane = tokens * tokens;
+    let plane = layer.queries * tokens;
     let mut mixed = vec![0.0f64; plane];
     for head in layer.probabilities.chunks_exact(plane) {
         for (sum, &p) in mixed.iter_mut().zip(head) {
@@ -119,7 +145,8 @@ fn mixed_attention(layer: &LayerAttention<'_>) -> Vec<f64> {
     mixed
 }
 
-/// `row · matrix` for a square row-major matrix.
+/// `row · matrix` for a row-major matrix of `row.len()` columns and at most as many rows
+/// (`row`'s weights beyond them are zero: a class-token row).
 fn row_times(row: &[f64], matrix: &[f64]) -> Vec<f64> {
     let tokens = row.len();
     let mut out = vec![0.0f64; tokens];
@@ -167,11 +194,13 @@ mod tests {
         let layers = [
             LayerAttention {
                 heads: 2,
+                queries: 3,
                 tokens: 3,
                 probabilities: &layer1,
             },
             LayerAttention {
                 heads: 2,
+                queries: 3,
                 tokens: 3,
                 probabilities: &layer2,
             },
@@ -187,6 +216,7 @@ mod tests {
         let uniform = [0.25f32; 16];
         let layer = LayerAttention {
             heads: 1,
+            queries: 4,
             tokens: 4,
             probabilities: &uniform,
         };
@@ -206,6 +236,7 @@ mod tests {
         let short = [0.0f32; 8];
         let layer = LayerAttention {
             heads: 1,
+            queries: 3,
             tokens: 3,
             probabilities: &short,
         };
@@ -216,12 +247,52 @@ mod tests {
         let one = [1.0f32];
         let single = LayerAttention {
             heads: 1,
+            queries: 1,
             tokens: 1,
             probabilities: &one,
         };
         assert!(matches!(
             class_token_rollout(&[single], 1),
             Err(RolloutError::NoPatches { .. })
+        ));
+    }
+    /// The last layer may hold the class token's row alone (as the model computes it
+    /// with a class token): the same rollout as from the whole layer. Nowhere else, and
+    /// not without a class token (average pooling reads every row).
+    #[test]
+    fn last_layer_may_hold_the_class_row_alone() {
+        #[rustfmt::skip]
+        let first = [
+            0.5, 0.5, 0.0,   0.0, 1.0, 0.0,   0.2, 0.3, 0.5,
+            0.5, 0.0, 0.5,   0.1, 0.8, 0.1,   0.0, 0.0, 1.0,
+        ];
+        #[rustfmt::skip]
+        let last = [
+            0.1, 0.6, 0.3,   0.0, 1.0, 0.0,   0.0, 0.0, 1.0,
+            0.3, 0.3, 0.4,   0.0, 1.0, 0.0,   0.0, 0.0, 1.0,
+        ];
+        let class_rows = [0.1, 0.6, 0.3, 0.3, 0.3, 0.4];
+        let layer = |queries, probabilities| LayerAttention {
+            heads: 2,
+            queries,
+            tokens: 3,
+            probabilities,
+        };
+        let whole = class_token_rollout(&[layer(3, &first), layer(3, &last)], 1).unwrap();
+        let partial = class_token_rollout(&[layer(3, &first), layer(1, &class_rows)], 1).unwrap();
+        close(&partial, &whole);
+        assert!(whole.iter().all(|&weight| weight > 0.01));
+        assert_eq!(
+            class_token_rollout(&[layer(1, &class_rows), layer(3, &last)], 1),
+            Err(RolloutError::PartialLayer {
+                layer: 0,
+                queries: 1,
+                tokens: 3
+            })
+        );
+        assert!(matches!(
+            class_token_rollout(&[layer(3, &first), layer(1, &class_rows)], 0),
+            Err(RolloutError::PartialLayer { layer: 1, .. })
         ));
     }
 }

@@ -85,12 +85,17 @@ impl Encoder1DBlock {
     }
 
     /// The output at the class token only, `[B, 1, D]`: the first row of
-    /// [`forward_keeping`](Self::forward_keeping). After the last block nothing reads the
-    /// other tokens (the head sees the class token), so the last block computes only
-    /// what its class token needs: every token's key and value, one query, one row
-    /// through the MLP. At 197 tokens that skips most of the last block's work (ViT-B/16:
-    /// 1/15 of a forward pass).
-    pub fn forward_class_token(&self, inputs: Tensor<3>, keep: Option<Tensor<2>>) -> Tensor<3> {
+    /// [`forward_keeping`](Self::forward_keeping), and the class token's attention
+    /// probabilities `[B, H, 1, N]`. After the last block nothing reads the other tokens
+    /// (the head sees the class token, attention rollout its row), so the last block
+    /// computes only what its class token needs: every token's key and value, one query,
+    /// one row through the MLP. At 197 tokens that skips most of the last block's work
+    /// (ViT-B/16: 1/15 of a forward pass).
+    pub fn forward_class_token(
+        &self,
+        inputs: Tensor<3>,
+        keep: Option<Tensor<2>>,
+    ) -> (Tensor<3>, Tensor<4>) {
         let (attention_keep, mlp_keep) = match keep {
             Some(keep) => (
                 Some(keep.clone().narrow(1, 0, 1)),
@@ -99,10 +104,11 @@ impl Encoder1DBlock {
             None => (None, None),
         };
         let x = self.layer_norm_0.forward(inputs.clone());
-        let x = self.attention.forward_first_token(x);
+        let (x, probabilities) = self.attention.forward_first_token(x);
         let x = self.drop_path(self.dropout.forward(x), attention_keep) + inputs.narrow(1, 0, 1);
         let y = self.layer_norm_1.forward(x.clone());
-        self.drop_path(self.mlp.forward(y), mlp_keep) + x
+        let output = self.drop_path(self.mlp.forward(y), mlp_keep) + x;
+        (output, probabilities)
     }
 
     /// The same as [`forward`](Self::forward), also returning this block's attention
@@ -183,22 +189,37 @@ impl Encoder {
     /// [`Encoder1DBlock::forward_class_token`]).
     pub fn forward_class_token(&self, x: Tensor<3>, keep: Option<Tensor<2>>) -> Tensor<3> {
         let mut x = self.embed_positions(x);
-        let last = self.blocks.len().saturating_sub(1);
-        for (index, block) in self.blocks.iter().enumerate() {
-            let keep = keep
-                .as_ref()
-                .map(|keep| keep.clone().narrow(1, 2 * index, 2));
-            x = if index == last {
-                block.forward_class_token(x, keep)
-            } else {
-                block.forward_keeping(x, keep)
-            };
+        let Some((last, blocks)) = self.blocks.split_last() else {
+            return self.encoder_norm.forward(x.narrow(1, 0, 1));
+        };
+        let keep_of = |index: usize| {
+            keep.as_ref()
+                .map(|keep| keep.clone().narrow(1, 2 * index, 2))
+        };
+        for (index, block) in blocks.iter().enumerate() {
+            x = block.forward_keeping(x, keep_of(index));
         }
-        // Without blocks, the class token is the first of the embedded tokens.
-        if self.blocks.is_empty() {
-            x = x.narrow(1, 0, 1);
-        }
+        let (x, _) = last.forward_class_token(x, keep_of(blocks.len()));
         self.encoder_norm.forward(x)
+    }
+
+    /// [`forward_class_token`](Self::forward_class_token) with every layer's attention
+    /// probabilities: `[B, H, N, N]`, the last layer's `[B, H, 1, N]` (the class token's
+    /// row, all that attention rollout reads from it).
+    pub fn forward_class_token_with_attention(&self, x: Tensor<3>) -> (Tensor<3>, Vec<Tensor<4>>) {
+        let mut x = self.embed_positions(x);
+        let mut attentions = Vec::with_capacity(self.blocks.len());
+        let Some((last, blocks)) = self.blocks.split_last() else {
+            return (self.encoder_norm.forward(x.narrow(1, 0, 1)), attentions);
+        };
+        for block in blocks {
+            let (next, probabilities) = block.forward_with_attention(x);
+            attentions.push(probabilities);
+            x = next;
+        }
+        let (x, probabilities) = last.forward_class_token(x, None);
+        attentions.push(probabilities);
+        (self.encoder_norm.forward(x), attentions)
     }
 
     pub fn forward_with_attention(&self, x: Tensor<3>) -> (Tensor<3>, Vec<Tensor<4>>) {
@@ -285,6 +306,30 @@ mod tests {
                 "outputs: largest difference {difference}"
             );
             if !device.is_autodiff() {
+                // Inference with the attention probabilities: the same, with the last
+                // layer's class-token row alone.
+                let (full_output, full) = encoder.forward_with_attention(x.clone());
+                let (class_output, class) = encoder.forward_class_token_with_attention(x);
+                let full_output = full_output.narrow(1, 0, 1);
+                let difference = largest_difference(&read(class_output), &read(full_output));
+                assert!(difference < 1e-5, "outputs with attention: {difference}");
+                assert_eq!(class.len(), 3);
+                assert_eq!(class[2].dims(), [2, 4, 1, 5]);
+                let rows = |attention: Tensor<4>, rows: usize| {
+                    attention
+                        .narrow(2, 0, rows)
+                        .try_into_vec_as::<f32>()
+                        .unwrap()
+                };
+                for (layer, (ours, theirs)) in class.into_iter().zip(full).enumerate() {
+                    let queries = ours.dims()[2];
+                    let difference =
+                        largest_difference(&rows(ours, queries), &rows(theirs, queries));
+                    assert!(
+                        difference < 1e-6,
+                        "layer {layer} probabilities: {difference}"
+                    );
+                }
                 continue;
             }
             let weights = values([2, 1, 16], 3.0, &device);

@@ -25,6 +25,9 @@ pub struct VisionTransformer {
 #[derive(Debug, Clone)]
 pub struct ForwardOutput {
     pub logits: Tensor<2>,
+    /// With the `token` classifier the last layer's holds the class token's row only,
+    /// `[B, heads, 1, tokens]`: all that attention rollout reads from it (see
+    /// [`Encoder::forward_class_token`]).
     pub attentions: Vec<Tensor<4>>,
 }
 
@@ -109,7 +112,10 @@ impl VisionTransformer {
     /// Like [`forward`](Self::forward), also returning every layer's attention probabilities.
     pub fn forward_with_attention(&self, images: Tensor<4>) -> ForwardOutput {
         let tokens = self.tokens(images);
-        let (encoded, attentions) = self.encoder.forward_with_attention(tokens);
+        let (encoded, attentions) = match self.config.classifier {
+            Classifier::Token => self.encoder.forward_class_token_with_attention(tokens),
+            Classifier::Gap => self.encoder.forward_with_attention(tokens),
+        };
         ForwardOutput {
             logits: self.classify(encoded),
             attentions,
