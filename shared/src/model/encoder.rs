@@ -70,13 +70,7 @@ impl Encoder1DBlock {
     /// draws `keep`, so that it can be a function of each example's place in the data
     /// stream (the same however a batch is split into micro-batches or over devices).
     pub fn forward_keeping(&self, inputs: Tensor<3>, keep: Option<Tensor<2>>) -> Tensor<3> {
-        let (attention_keep, mlp_keep) = match keep {
-            Some(keep) => (
-                Some(keep.clone().narrow(1, 0, 1)),
-                Some(keep.narrow(1, 1, 1)),
-            ),
-            None => (None, None),
-        };
+        let (attention_keep, mlp_keep) = split_keep(keep);
         let x = self.layer_norm_0.forward(inputs.clone());
         let x = self.attention.forward(x);
         let x = self.drop_path(self.dropout.forward(x), attention_keep) + inputs;
@@ -96,13 +90,7 @@ impl Encoder1DBlock {
         inputs: Tensor<3>,
         keep: Option<Tensor<2>>,
     ) -> (Tensor<3>, Tensor<4>) {
-        let (attention_keep, mlp_keep) = match keep {
-            Some(keep) => (
-                Some(keep.clone().narrow(1, 0, 1)),
-                Some(keep.narrow(1, 1, 1)),
-            ),
-            None => (None, None),
-        };
+        let (attention_keep, mlp_keep) = split_keep(keep);
         let x = self.layer_norm_0.forward(inputs.clone());
         let (x, probabilities) = self.attention.forward_first_token(x);
         let x = self.drop_path(self.dropout.forward(x), attention_keep) + inputs.narrow(1, 0, 1);
@@ -131,6 +119,18 @@ impl Encoder1DBlock {
             }
             _ => branch,
         }
+    }
+}
+
+/// A block's stochastic-depth decisions `[B, 2]` as those of its attention branch and of
+/// its MLP branch, each `[B, 1]`.
+fn split_keep(keep: Option<Tensor<2>>) -> (Option<Tensor<2>>, Option<Tensor<2>>) {
+    match keep {
+        Some(keep) => (
+            Some(keep.clone().narrow(1, 0, 1)),
+            Some(keep.narrow(1, 1, 1)),
+        ),
+        None => (None, None),
     }
 }
 
