@@ -84,15 +84,12 @@ impl MultiHeadDotProductAttention {
     /// The output at the first token only (the class token's), `[B, 1, D]`: its query
     /// against every token's key and value, and its attention probabilities
     /// `[B, H, 1, N]`. The same values as the first rows of
-    /// [`forward_with_probabilities`](Self::forward_with_probabilities), for a sixth of
-    /// the work at 197 tokens (the products of one query row are small, so plain tensor
-    /// operations do).
+    /// [`forward_with_probabilities`](Self::forward_with_probabilities): the projection
+    /// of every token (keys and values), the scores, softmax and output projection of one.
     pub fn forward_first_token(&self, x: Tensor<3>) -> (Tensor<3>, Tensor<4>) {
         let [batch, _, hidden] = x.dims();
         let (query, key, value) = self.project(x);
-        let head_dim = hidden / self.num_heads;
-        let scores = matmul(query.narrow(2, 0, 1), key.swap_dims(2, 3)) / (head_dim as f64).sqrt();
-        let probabilities = burn::tensor::activation::softmax(scores, 3);
+        let probabilities = attention_kernel::probabilities(query.narrow(2, 0, 1), key);
         let context = matmul(self.dropout.forward(probabilities.clone()), value);
         (self.merge_heads(context, batch, 1, hidden), probabilities)
     }

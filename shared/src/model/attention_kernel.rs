@@ -34,11 +34,13 @@ pub(crate) fn attention(qkv: Tensor<3>, heads: usize) -> Tensor<3> {
     Tensor::from_dispatch(output)
 }
 
-/// softmax(Q·Kᵀ/√Dh) `[B, H, N, N]` for `[B, H, N, Dh]` query and key: ours on burn-flex
-/// without autodiff, composed of burn's operations elsewhere.
+/// softmax(Q·Kᵀ/√Dh) `[B, H, Q, N]` for `[B, H, Q, Dh]` query and `[B, H, N, Dh]` key:
+/// ours on burn-flex without autodiff (every token's query, `Q = N`), composed of burn's
+/// operations elsewhere and for fewer queries (the class token's alone).
 pub(crate) fn probabilities(query: Tensor<4>, key: Tensor<4>) -> Tensor<4> {
     let device = query.device();
-    if device.is_autodiff() || !super::on_flex(&device) {
+    let every_query = query.dims()[2] == key.dims()[2];
+    if device.is_autodiff() || !super::on_flex(&device) || !every_query {
         let head_dim = query.dims()[3];
         let scores = super::matmul::matmul(query, key.swap_dims(2, 3)) / (head_dim as f64).sqrt();
         return burn::tensor::activation::softmax(scores, 3);
