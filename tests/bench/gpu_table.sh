@@ -2,10 +2,10 @@
 # The GPU speed table of the training-speed work, for a lent GPU machine (run through the
 # device tool; builds nothing there). TRAINER is built here with `--features tch` against the
 # machine's torch version (as for tests/bench/gpu.sh) and carried. For each case: ours
-# (`trainer bench --json`, tch:cuda:0, fp32) with peak GPU memory sampled by nvidia-smi, then
+# (`trainer bench --json`, tch:cuda:0, fp32 and bf16) with peak GPU memory sampled by nvidia-smi, then
 # PyTorch + timm on the same card in fp32 and in bf16 autocast (tests/bench/torch_bench.py);
 # then the table (tests/bench/table.py) and the projected time of the reference's
-# 2,000-step run (batch 512 at 384 px) for each B/16 line. About 5 minutes on an H200.
+# 2,000-step run (batch 512 at 384 px) for each B/16 line. About 7 minutes on an H200.
 #
 #   tests/bench/gpu_table.sh TRAINER [ITERATIONS]
 set -uo pipefail
@@ -27,12 +27,15 @@ cases=(
 for spec in "${cases[@]}"; do
   read -r case model size batch classes <<<"$spec"
   flag=(); [ "$case" = train ] && flag=(--train)
-  nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 200 > "$out/memory.txt" &
-  sampler=$!
-  "$trainer" bench "${flag[@]}" --json --device tch:cuda:0 --model "$model" --image-size "$size" \
-    --batch "$batch" --num-classes "$classes" --iterations "$iterations" --warmup 2 | tee -a "$results"
-  kill $sampler
-  echo "  ours: peak GPU memory in use (nvidia-smi) $(sort -n "$out/memory.txt" | tail -1) MiB"
+  for precision in fp32 bf16; do
+    nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 200 > "$out/memory.txt" &
+    sampler=$!
+    "$trainer" bench "${flag[@]}" --json --device tch:cuda:0 --precision "$precision" \
+      --model "$model" --image-size "$size" --batch "$batch" --num-classes "$classes" \
+      --iterations "$iterations" --warmup 2 | tee -a "$results"
+    kill $sampler
+    echo "  ours $precision: peak GPU memory in use (nvidia-smi) $(sort -n "$out/memory.txt" | tail -1) MiB"
+  done
   for precision in fp32 bf16; do
     DEVICE=cuda PRECISION=$precision python3 tests/bench/torch_bench.py "$case" "$model" "$size" \
       "$batch" "$iterations" 2 "$classes" | tee -a "$results"

@@ -1,5 +1,6 @@
 """Prints the bench table from JSON lines (`trainer bench --json`, tests/bench/torch_bench.py):
-each of our lines is compared with the PyTorch lines that follow it, until our next one.
+each PyTorch line is compared with our latest line of the same case, model, resolution, batch
+and precision.
 Usage: table.py RESULTS.jsonl"""
 import json
 import sys
@@ -8,19 +9,19 @@ import sys
 lines = [json.loads(line) for line in open(sys.argv[1]) if line.startswith("{")]
 print(f"{'case':<6} {'model':<9} {'px':>4} {'batch':>5} {'who':<22} {'prec':<5} {'ms':>9} "
       f"{'img/s':>9} {'peak MB':>8} {'ours/this':>9}")
-ours = None
+ours = {}
 ratios = {}
 for line in lines:
     mine = not line["device"].startswith("torch")
-    if mine:
-        ours = line
     model = "demo" if line["model"].endswith(".json") else line["model"]
+    key = (line["case"], model, line["resolution"], line["batch"], line["precision"])
+    if mine:
+        ours[key] = line
     who = "ours " + line["device"] if mine else line["device"].split(" (")[0][:22]
     ratio = ""
-    if not mine and ours is not None:
-        value = ours["images_per_sec"] / line["images_per_sec"]
+    if not mine and key in ours:
+        value = ours[key]["images_per_sec"] / line["images_per_sec"]
         ratio = f"{value:.2f}x"
-        key = (line["case"], model, line["resolution"], line["batch"], line["precision"])
         ratios.setdefault(key, []).append(value)
     print(f"{line['case']:<6} {model:<9} {line['resolution']:>4} {line['batch']:>5} {who[:22]:<22} "
           f"{line['precision']:<5} {line['median_ms']:>9.1f} {line['images_per_sec']:>9.2f} "

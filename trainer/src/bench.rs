@@ -9,6 +9,7 @@ use anyhow::{Context, Result, bail};
 use burn::optim::GradientsParams;
 use burn::tensor::{Distribution, Tensor};
 use serde::Serialize;
+use vit::model::Precision;
 use vit::{ViTConfig, VisionTransformer};
 
 use crate::cli::BenchArgs;
@@ -25,7 +26,7 @@ pub struct Case {
     pub resolution: usize,
     pub batch: usize,
     pub device: String,
-    pub precision: String,
+    pub precision: Precision,
     pub median_ms: f64,
     pub min_ms: f64,
     pub runs: usize,
@@ -36,12 +37,7 @@ pub struct Case {
 }
 
 pub fn run(args: &BenchArgs) -> Result<()> {
-    if args.precision != "fp32" {
-        bail!(
-            "--precision {} is not available yet: only fp32 (bf16 on tch is planned)",
-            args.precision
-        );
-    }
+    device::check_precision(&args.device, args.precision)?;
     let device = device::parse(&args.device)?;
     let config = ViTConfig::from_name_or_file(&args.model)?
         .with_image_size(args.image_size)
@@ -111,7 +107,9 @@ fn time_inference(
     config: &ViTConfig,
     device: &burn::tensor::Device,
 ) -> Result<Vec<f64>> {
-    let model = VisionTransformer::new(config, device).context("cannot build the model")?;
+    let model = VisionTransformer::new(config, device)
+        .context("cannot build the model")?
+        .with_precision(args.precision);
     let images = random_images(args, device);
     time(args, || {
         let logits = model.forward(images.clone());
@@ -129,8 +127,8 @@ fn time_training(
     device: &burn::tensor::Device,
 ) -> Result<Vec<f64>> {
     let training = device.clone().autodiff();
-    let mut model =
-        Some(VisionTransformer::new(config, &training).context("cannot build the model")?);
+    let model = VisionTransformer::new(config, &training).context("cannot build the model")?;
+    let mut model = Some(model.with_precision(args.precision));
     let images = random_images(args, &training);
     let targets: Vec<usize> = (0..args.batch).map(|i| i % config.num_classes).collect();
     // The reference's update: SGD with momentum 0.9, clipping at global norm 1.
@@ -166,7 +164,7 @@ fn summarise(args: &BenchArgs, mut times_ms: Vec<f64>) -> Case {
         resolution: args.image_size,
         batch: args.batch,
         device: args.device.clone(),
-        precision: args.precision.clone(),
+        precision: args.precision,
         median_ms: median,
         min_ms: times_ms[0],
         runs: times_ms.len(),

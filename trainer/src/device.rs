@@ -2,6 +2,7 @@
 
 use anyhow::{Result, bail};
 use burn::tensor::Device;
+use vit::model::Precision;
 
 /// `cpu` is burn-flex; `ndarray` is burn-ndarray (Cargo feature `ndarray`);
 /// `tch`, `tch:cpu`, `tch:cuda:N` are libtorch (Cargo feature `tch`).
@@ -29,6 +30,17 @@ pub fn parse_list(spec: &str) -> Result<Vec<Device>> {
         );
     }
     Ok(devices)
+}
+
+/// Refuses a `--precision` that the devices of `spec` (a device list) do not compute in:
+/// bfloat16 runs on libtorch only.
+pub fn check_precision(spec: &str, precision: Precision) -> Result<()> {
+    if precision == Precision::Bf16 && kind(spec.trim()) != "tch" {
+        bail!(
+            "--precision bf16 runs on libtorch devices (--device tch:cuda:N or tch:cpu, with a              trainer built with the `tch` feature); `{spec}` computes in float32 only"
+        );
+    }
+    Ok(())
 }
 
 /// The names in a device list, one per replica, without resolving them.

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Result, ensure};
 use serde::{Deserialize, Serialize};
 use vit::ViTConfig;
+use vit::model::Precision;
 use vit::preprocess::Normalization;
 
 use crate::augment::{self, Augmentation, Cropping};
@@ -125,7 +126,8 @@ fn default_eps() -> f64 {
     1e-8
 }
 
-/// How a run is carried out: none of it changes the numbers it computes.
+/// How a run is carried out: none of it changes what it computes beyond the rounding of
+/// floating-point numbers (the device, `--precision`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Runtime {
     pub eval_every: usize,
@@ -135,6 +137,9 @@ pub struct Runtime {
     /// Where downloads are cached; `None`: the user's cache folder.
     pub data_dir: Option<PathBuf>,
     pub device: String,
+    /// What the model computes in; float32 for runs saved before it existed.
+    #[serde(default)]
+    pub precision: Precision,
     pub threads: Option<usize>,
 }
 

@@ -361,11 +361,41 @@ fn bench_times_training_updates_and_prints_one_json_line_per_case() {
         "{}",
         text(&out.stderr)
     );
+    // bfloat16 is for libtorch devices.
     let out = trainer(&["bench", "--precision", "bf16"]);
     assert!(!out.status.success());
     assert!(
-        text(&out.stderr).contains("only fp32"),
+        text(&out.stderr).contains("runs on libtorch devices"),
         "{}",
         text(&out.stderr)
     );
+    #[cfg(feature = "tch")]
+    {
+        let model = config.to_str().unwrap();
+        let out = trainer(&[
+            "bench",
+            "--json",
+            "--train",
+            "--device",
+            "tch:cpu",
+            "--precision",
+            "bf16",
+            "--model",
+            model,
+            "--image-size",
+            "16",
+            "--num-classes",
+            "3",
+            "--batch",
+            "4",
+            "--iterations",
+            "2",
+            "--warmup",
+            "1",
+        ]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let line: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
+        assert_eq!(line["precision"], "bf16");
+        assert_eq!(line["device"], "tch:cpu");
+    }
 }

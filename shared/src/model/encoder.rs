@@ -2,7 +2,7 @@ use burn::module::Module;
 use burn::nn::{Dropout, DropoutConfig};
 use burn::tensor::{Device, Tensor};
 
-use super::{AddPositionEmbs, LayerNorm, MlpBlock, MultiHeadDotProductAttention};
+use super::{AddPositionEmbs, LayerNorm, MlpBlock, MultiHeadDotProductAttention, Precision};
 use crate::config::ViTConfig;
 
 /// One pre-LayerNorm transformer block: `x + MHA(LN(x))`, then `y + MLP(LN(y))`.
@@ -16,6 +16,9 @@ pub struct Encoder1DBlock {
     /// Stochastic depth rate of this block's residual branches.
     #[module(skip)]
     drop_path: f64,
+    /// What the branches compute in (float32 unless set).
+    #[module(skip)]
+    precision: Precision,
 }
 
 impl Encoder1DBlock {
@@ -56,7 +59,25 @@ impl Encoder1DBlock {
             mlp,
             dropout: DropoutConfig::new(dropout).init(),
             drop_path,
+            precision: Precision::Fp32,
         }
+    }
+
+    /// The same block computing its branches in `precision`.
+    pub fn with_precision(self, precision: Precision) -> Self {
+        Self { precision, ..self }
+    }
+
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// `MLP(LN(x))` in the block's precision, output in float32.
+    fn mlp_branch(&self, inputs: Tensor<3>) -> Tensor<3> {
+        let y = self
+            .precision
+            .branch_input(self.layer_norm_1.forward(inputs));
+        self.precision.branch_output(self.mlp.forward(y))
     }
 
     pub fn forward(&self, inputs: Tensor<3>) -> Tensor<3> {
@@ -71,11 +92,12 @@ impl Encoder1DBlock {
     /// stream (the same however a batch is split into micro-batches or over devices).
     pub fn forward_keeping(&self, inputs: Tensor<3>, keep: Option<Tensor<2>>) -> Tensor<3> {
         let (attention_keep, mlp_keep) = split_keep(keep);
-        let x = self.layer_norm_0.forward(inputs.clone());
-        let x = self.attention.forward(x);
+        let x = self
+            .precision
+            .branch_input(self.layer_norm_0.forward(inputs.clone()));
+        let x = self.precision.branch_output(self.attention.forward(x));
         let x = self.drop_path(self.dropout.forward(x), attention_keep) + inputs;
-        let y = self.layer_norm_1.forward(x.clone());
-        self.drop_path(self.mlp.forward(y), mlp_keep) + x
+        self.drop_path(self.mlp_branch(x.clone()), mlp_keep) + x
     }
 
     /// The output at the class token only, `[B, 1, D]`: the first row of
@@ -91,22 +113,26 @@ impl Encoder1DBlock {
         keep: Option<Tensor<2>>,
     ) -> (Tensor<3>, Tensor<4>) {
         let (attention_keep, mlp_keep) = split_keep(keep);
-        let x = self.layer_norm_0.forward(inputs.clone());
+        let x = self
+            .precision
+            .branch_input(self.layer_norm_0.forward(inputs.clone()));
         let (x, probabilities) = self.attention.forward_first_token(x);
+        let x = self.precision.branch_output(x);
         let x = self.drop_path(self.dropout.forward(x), attention_keep) + inputs.narrow(1, 0, 1);
-        let y = self.layer_norm_1.forward(x.clone());
-        let output = self.drop_path(self.mlp.forward(y), mlp_keep) + x;
-        (output, probabilities)
+        let output = self.drop_path(self.mlp_branch(x.clone()), mlp_keep) + x;
+        (output, self.precision.branch_output(probabilities))
     }
 
     /// The same as [`forward`](Self::forward), also returning this block's attention
     /// probabilities `[B, H, N, N]`.
     pub fn forward_with_attention(&self, inputs: Tensor<3>) -> (Tensor<3>, Tensor<4>) {
-        let x = self.layer_norm_0.forward(inputs.clone());
+        let x = self
+            .precision
+            .branch_input(self.layer_norm_0.forward(inputs.clone()));
         let (x, probabilities) = self.attention.forward_with_probabilities(x);
-        let x = self.dropout.forward(x) + inputs;
-        let y = self.layer_norm_1.forward(x.clone());
-        (self.mlp.forward(y) + x, probabilities)
+        let x = self.dropout.forward(self.precision.branch_output(x)) + inputs;
+        let output = self.mlp_branch(x.clone()) + x;
+        (output, self.precision.branch_output(probabilities))
     }
 
     /// `branch` `[B, N, D]` times `keep` `[B, 1]` over `1 − rate`; unchanged without

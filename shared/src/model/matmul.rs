@@ -55,18 +55,22 @@ pub(crate) fn matmul<const D: usize>(lhs: Tensor<D>, rhs: Tensor<D>) -> Tensor<D
     }
 }
 
-/// `layer.forward(x)`, with [`matmul`].
+/// `layer.forward(x)` in `x`'s dtype: the layer's float32 weights are cast on use for a
+/// bfloat16 `x` (see [`Precision`](super::Precision)), and their gradients cast back.
+/// On burn-flex with [`matmul`].
 pub(crate) fn linear<const D: usize>(layer: &Linear, x: Tensor<D>) -> Tensor<D> {
+    // A cast to a tensor's own dtype is no operation.
+    let weight = layer.weight.val().cast(x.dtype());
+    let bias = layer.bias.as_ref().map(|bias| bias.val().cast(x.dtype()));
     if !super::on_flex(&x.device()) {
-        return layer.forward(x);
+        return burn::tensor::module::linear(x, weight, bias);
     }
-    let weight = layer.weight.val();
     let [inputs, outputs] = weight.dims();
     let mut dims = x.dims();
     let rows = x.shape().num_elements() / inputs.max(1);
     let product = matmul(x.reshape([rows, inputs]), weight);
-    let output = match &layer.bias {
-        Some(bias) => product + bias.val().unsqueeze::<2>(),
+    let output = match bias {
+        Some(bias) => product + bias.unsqueeze::<2>(),
         None => product,
     };
     dims[D - 1] = outputs;

@@ -9,6 +9,7 @@ pub mod gelu;
 mod layer_norm;
 mod matmul;
 mod mlp;
+mod precision;
 pub mod sgd;
 pub mod training_attention;
 mod vit;
@@ -19,6 +20,7 @@ pub(crate) use encoder::layer_norm;
 pub use encoder::{Encoder, Encoder1DBlock};
 pub use layer_norm::LayerNorm;
 pub use mlp::MlpBlock;
+pub use precision::Precision;
 pub use vit::{ForwardOutput, VisionTransformer};
 
 /// Whether our own operations (`gelu`, `training_attention`) are built for `device`'s

@@ -3,7 +3,7 @@ use burn::nn::{Initializer, Linear, LinearConfig};
 use burn::tensor::{Device, Tensor};
 
 use super::matmul::linear;
-use super::{Encoder, PatchEmbedding};
+use super::{Encoder, PatchEmbedding, Precision};
 use crate::config::{Classifier, ConfigError, ViTConfig};
 
 /// The Vision Transformer of the reference `models_vit.VisionTransformer`.
@@ -83,6 +83,23 @@ impl VisionTransformer {
 
     pub fn config(&self) -> &ViTConfig {
         &self.config
+    }
+
+    /// The same model with its encoder blocks computing in `precision` (see
+    /// [`Precision`]); the weights stay float32.
+    pub fn with_precision(mut self, precision: Precision) -> Self {
+        self.encoder.blocks = (self.encoder.blocks.into_iter())
+            .map(|block| block.with_precision(precision))
+            .collect();
+        self
+    }
+
+    /// What the encoder blocks compute in.
+    pub fn precision(&self) -> Precision {
+        self.encoder
+            .blocks
+            .first()
+            .map_or(Precision::Fp32, |block| block.precision())
     }
 
     /// `[B, 3, H, W]` images in [-1, 1] → `[B, num_classes]` logits (or the

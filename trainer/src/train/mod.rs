@@ -14,6 +14,7 @@ mod steps;
 use std::fs;
 
 use anyhow::{Context, Result, bail};
+use vit::model::Precision;
 use vit::{Checkpoint, SaveOptions};
 
 use crate::cli::TrainArgs;
@@ -53,6 +54,7 @@ pub fn run(args: &TrainArgs, explicit: &[String]) -> Result<Completion> {
     recipe.validate()?;
     runtime.validate()?;
     device::configure_threads(runtime.threads)?;
+    device::check_precision(&runtime.device, runtime.precision)?;
     let devices = device::parse_list(&runtime.device)?;
     let micro_batch = recipe.micro_batch();
     if micro_batch % devices.len() != 0 {
@@ -124,13 +126,17 @@ pub fn run(args: &TrainArgs, explicit: &[String]) -> Result<Completion> {
     };
     let config = start.model.config();
     eprintln!(
-        "model: {} parameters, {} px, {} classes, inputs normalised with mean {:?} and std {:?}; \
-         the first loss of a zero head is ln({}) = {:.6}",
+        "model: {} parameters, {} px, {} classes, inputs normalised with mean {:?} and std {:?}, \
+         computing in {}; the first loss of a zero head is ln({}) = {:.6}",
         config.num_params(),
         config.image_size,
         config.num_classes,
         config.normalization.mean,
         config.normalization.std,
+        match runtime.precision {
+            Precision::Fp32 => "float32",
+            Precision::Bf16 => "bfloat16 mixed precision (--precision bf16)",
+        },
         config.num_classes,
         (config.num_classes as f64).ln()
     );

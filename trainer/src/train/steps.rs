@@ -83,10 +83,10 @@ pub struct Run<'a> {
 }
 
 /// The model a run evaluates and exports (without gradients): the moving average with
-/// `--ema`, else the weights.
+/// `--ema`, else the weights; in the precision `model` computes in.
 fn evaluated(model: &VisionTransformer, ema: &Option<Ema>) -> VisionTransformer {
     match ema {
-        Some(ema) => ema.model().clone(),
+        Some(ema) => ema.model().clone().with_precision(model.precision()),
         None => model.valid(),
     }
 }
@@ -118,6 +118,8 @@ impl Run<'_> {
             step: first,
             mut metrics,
         } = start;
+        // Not part of the checkpoint: a resumed run may change it.
+        model = model.with_precision(runtime.precision);
         let plan = Plan {
             batch: recipe.batch,
             micro_batch: recipe.micro_batch(),
