@@ -314,15 +314,21 @@ fn errors_are_one_clear_line_and_a_failing_exit_code() {
 #[test]
 fn bench_times_training_updates_and_prints_one_json_line_per_case() {
     let config = fixture("hf_vit_cls/config.json");
+    // (case, extra arguments, device and precision it reports)
     #[allow(unused_mut)] // without the `tch` feature
-    let mut cases = vec![("train", &["--train"][..]), ("infer", &[][..])];
+    let mut cases = vec![
+        ("train", &["--train"][..], "cpu", "fp32"),
+        ("infer", &[][..], "cpu", "fp32"),
+    ];
     // bfloat16 on libtorch.
     #[cfg(feature = "tch")]
     cases.push((
         "train",
         &["--train", "--device", "tch:cpu", "--precision", "bf16"][..],
+        "tch:cpu",
+        "bf16",
     ));
-    for (case, extra) in cases {
+    for (case, extra, device, precision) in cases {
         let mut args = vec![
             "bench",
             "--json",
@@ -347,17 +353,7 @@ fn bench_times_training_updates_and_prints_one_json_line_per_case() {
         assert_eq!(line["case"], case);
         assert_eq!(line["batch"], 4);
         assert_eq!(line["resolution"], 16);
-        let precision = if extra.contains(&"bf16") {
-            "bf16"
-        } else {
-            "fp32"
-        };
         assert_eq!(line["precision"], precision);
-        let device = if extra.contains(&"tch:cpu") {
-            "tch:cpu"
-        } else {
-            "cpu"
-        };
         assert_eq!(line["device"], device);
         assert_eq!(line["runs"], 3);
         let median = line["median_ms"].as_f64().expect("median_ms");

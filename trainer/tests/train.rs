@@ -679,8 +679,8 @@ fn a_new_model_is_a_function_of_the_seed_on_any_device_count() {
 /// losses follow the float32 run's within noise (per step within 3%; measured: up to 0.7%,
 /// while consecutive steps move the loss by up to 10%; bfloat16 keeps 8 significant bits, and
 /// libtorch's kernels for it differ between CPUs), the runs are not equal (so bfloat16 is
-/// in effect), and its export holds float32 weights that predict what the float32 run's
-/// do (the same top class, logits within 5%).
+/// in effect), and its export predicts what the float32 run's does (the same top class,
+/// logits within 5%).
 #[cfg(feature = "tch")]
 #[test]
 fn a_bf16_run_on_libtorch_follows_the_fp32_run() {

@@ -72,6 +72,12 @@ impl Encoder1DBlock {
         self.precision
     }
 
+    /// `LN(x)` as the attention branch takes it, in the block's precision.
+    fn attention_input(&self, inputs: Tensor<3>) -> Tensor<3> {
+        self.precision
+            .branch_input(self.layer_norm_0.forward(inputs))
+    }
+
     /// `MLP(LN(x))` in the block's precision, output in float32.
     fn mlp_branch(&self, inputs: Tensor<3>) -> Tensor<3> {
         let y = self
@@ -92,9 +98,7 @@ impl Encoder1DBlock {
     /// stream (the same however a batch is split into micro-batches or over devices).
     pub fn forward_keeping(&self, inputs: Tensor<3>, keep: Option<Tensor<2>>) -> Tensor<3> {
         let (attention_keep, mlp_keep) = split_keep(keep);
-        let x = self
-            .precision
-            .branch_input(self.layer_norm_0.forward(inputs.clone()));
+        let x = self.attention_input(inputs.clone());
         let x = self.precision.branch_output(self.attention.forward(x));
         let x = self.drop_path(self.dropout.forward(x), attention_keep) + inputs;
         self.drop_path(self.mlp_branch(x.clone()), mlp_keep) + x
@@ -113,9 +117,7 @@ impl Encoder1DBlock {
         keep: Option<Tensor<2>>,
     ) -> (Tensor<3>, Tensor<4>) {
         let (attention_keep, mlp_keep) = split_keep(keep);
-        let x = self
-            .precision
-            .branch_input(self.layer_norm_0.forward(inputs.clone()));
+        let x = self.attention_input(inputs.clone());
         let (x, probabilities) = self.attention.forward_first_token(x);
         let x = self.precision.branch_output(x);
         let x = self.drop_path(self.dropout.forward(x), attention_keep) + inputs.narrow(1, 0, 1);
@@ -126,9 +128,7 @@ impl Encoder1DBlock {
     /// The same as [`forward`](Self::forward), also returning this block's attention
     /// probabilities `[B, H, N, N]`.
     pub fn forward_with_attention(&self, inputs: Tensor<3>) -> (Tensor<3>, Tensor<4>) {
-        let x = self
-            .precision
-            .branch_input(self.layer_norm_0.forward(inputs.clone()));
+        let x = self.attention_input(inputs.clone());
         let (x, probabilities) = self.attention.forward_with_probabilities(x);
         let x = self.dropout.forward(self.precision.branch_output(x)) + inputs;
         let output = self.mlp_branch(x.clone()) + x;
