@@ -6,7 +6,9 @@
 //! checks its downloaded zip with `trainer predict` and by loading it back. All of that
 //! on WebGPU (Chromium's SwiftShader, a CPU Vulkan: it proves the GPU path computes the
 //! right thing, not its speed); then on wasm after the visitor switches, and in a
-//! browser without WebGPU, where the page falls back to wasm and says why.
+//! browser without WebGPU, where the page falls back to wasm and says why; and from a
+//! host that sends the cross-origin isolation headers, on the threaded CPU worker, and
+//! on one thread when that worker's files are missing.
 //!
 //! Needs the tools `.ci/setup-web` installs; fails (never skips) without them.
 //! The page is driven by `tests/web/e2e.mjs` (playwright-core); this file
@@ -360,6 +362,40 @@ fn browser_app_matches_trainer_predict() {
         &native,
         TOLERANCE,
         "uploaded JPEG (wasm without relaxed SIMD)",
+    );
+
+    // No cross-origin isolation there: one thread.
+    assert_eq!(report["no_webgpu_backend"]["threads"], 1);
+
+    // A host that sends the isolation headers: the threaded worker (web/build-threads.sh),
+    // one thread per core (at most 16), the same answers.
+    let threads = &report["threads_backend"];
+    assert_eq!(threads["isolated"], true, "{threads}");
+    let cores = threads["cores"].as_u64().unwrap_or(0);
+    assert_eq!(
+        threads["threads"].as_u64(),
+        Some(cores.clamp(1, 16)),
+        "a thread per core: {threads}"
+    );
+    println!(
+        "threaded worker: {} threads on {cores} cores",
+        threads["threads"]
+    );
+    assert_same_top5(
+        &top_of(&report["threads_upload"]["top"]),
+        &native,
+        TOLERANCE,
+        "uploaded JPEG (wasm on threads)",
+    );
+    // The same host without the threaded build: one thread, and the page says so.
+    assert_eq!(report["threads_missing_backend"]["threads"], 1);
+    let message = report["threads_missing_error"].as_str().unwrap_or_default();
+    assert!(message.contains("multi-threaded"), "{message}");
+    assert_same_top5(
+        &top_of(&report["threads_missing_upload"]["top"]),
+        &native,
+        TOLERANCE,
+        "uploaded JPEG (one thread after the threaded worker failed)",
     );
 
     assert!(

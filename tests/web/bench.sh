@@ -1,17 +1,20 @@
 #!/usr/bin/env bash
-# Browser (headless chromium, wasm SIMD, 1 thread) against native `trainer predict`
+# Browser (headless chromium, wasm SIMD, 1 thread, and on threads where the page is
+# cross-origin isolated) against native `trainer predict`
 # on the same model files and image, for the shipped model and a random ViT-B/16
 # at 224 px, and against onnxruntime-web's wasm backend (what transformers.js runs on)
 # on timm's ViT-B/16 exported to ONNX; plus download sizes. Needs the tools of
 # .ci/setup-web; for onnxruntime-web, PYTHON (default tests/fixtures/.venv/bin/python,
 # made by tests/fixtures/generate.py) with torch, timm, onnx and onnxscript, and npm.
 #   tests/web/bench.sh [RUNS]        (results in target/web-bench/)
-# ROUNDS (default 3): B/16 in our page and in onnxruntime-web, in turns.
+# ROUNDS (default 3): B/16 in our page and in onnxruntime-web, in turns, each on one
+# thread and on THREADS (default: the machine's cores).
 # CHROMIUM_FLAGS adds flags to chromium, e.g. CHROMIUM_FLAGS=--js-flags=--no-liftoff.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 runs=${1:-5}
 rounds=${ROUNDS:-3}
+threads=${THREADS:-$(nproc)}
 out=target/web-bench
 image=web/assets/samples/cat.jpg   # a real CIFAR-10 test JPEG
 mkdir -p "$out"
@@ -57,13 +60,19 @@ if "$python" -c 'import torch, timm, onnx, onnxscript' 2>/dev/null; then
     (cd tests/web && npm install --no-save --no-audit --no-fund onnxruntime-web@1.30.0 >/dev/null)
   node tests/web/ort_bench.mjs "$(realpath "$out/vit-b16.onnx")" "$runs"
   # This machine's speed drifts from minute to minute: ours and onnxruntime-web in turns.
-  echo "== B/16 in turns, $rounds rounds: our page (worker median), onnxruntime-web (median)"
+  echo "== B/16 in turns, $rounds rounds: our page (worker median), onnxruntime-web (median);" \
+    "one thread, then $threads (ours: cross-origin isolated, a thread per core)"
+  page_ms() {
+    ISOLATED=$1 node tests/web/bench.mjs "$(realpath "$out/dist")" "$(realpath "$out/b16")" \
+      "$(realpath "$image")" "$runs" | grep -o '"worker_median_ms":[0-9.]*' | cut -d: -f2
+  }
+  ort_ms() {
+    THREADS=$1 node tests/web/ort_bench.mjs "$(realpath "$out/vit-b16.onnx")" "$runs" |
+      grep -o '"median_ms":[0-9.]*' | cut -d: -f2
+  }
   for round in $(seq "$rounds"); do
-    ours=$(node tests/web/bench.mjs "$(realpath "$out/dist")" "$(realpath "$out/b16")" "$(realpath "$image")" "$runs" |
-      grep -o '"worker_median_ms":[0-9.]*' | cut -d: -f2)
-    ort=$(node tests/web/ort_bench.mjs "$(realpath "$out/vit-b16.onnx")" "$runs" |
-      grep -o '"median_ms":[0-9.]*' | cut -d: -f2)
-    echo "round $round: ours $ours ms, onnxruntime-web $ort ms"
+    echo "round $round: one thread: ours $(page_ms 0) ms, onnxruntime-web $(ort_ms 1) ms;" \
+      "$threads threads: ours $(page_ms 1) ms, onnxruntime-web $(ort_ms "$threads") ms"
   done
 else
   echo "skipped: $python lacks torch, timm, onnx or onnxscript (set PYTHON)"

@@ -40,6 +40,10 @@ export async function settledBackend(page) {
   return page.evaluate(() => ({
     backend: document.querySelector('[data-testid="backend"]')?.textContent,
     note: document.querySelector('[data-testid="webgpu-note"]')?.textContent ?? null,
+    threads: Number(document.querySelector('[data-testid="backend"]')?.dataset.threads),
+    cpu_label: document.querySelector('[data-testid="backend-choice"] option[value=wasm]')?.textContent,
+    isolated: self.crossOriginIsolated,
+    cores: navigator.hardwareConcurrency,
   }));
 }
 
@@ -54,10 +58,12 @@ export async function chooseBackend(page, backend) {
 }
 
 /// Opens the page and waits for its model; `initScript` runs in the page before its own
-/// scripts (e.g. to hide a browser feature).
-export async function openPage(browser, url, log, initScript = null) {
+/// scripts (e.g. to hide a browser feature); requests for URLs that match `blocked` (a
+/// glob) fail, as files missing from a site would.
+export async function openPage(browser, url, log, initScript = null, blocked = null) {
   const page = await browser.newPage({ viewport: { width: 1100, height: 900 } });
   if (initScript) await page.addInitScript(initScript);
+  if (blocked) await page.route(blocked, (route) => route.fulfill({ status: 404, body: 'not found' }));
   page.on('console', (message) => log.push(`console.${message.type()}: ${message.text()}`));
   page.on('pageerror', (error) => log.push(`pageerror: ${error.message}`));
   page.on('requestfailed', (request) => log.push(`requestfailed: ${request.url()}`));

@@ -11,6 +11,7 @@ const PREFIX = '/vit-demo/';
 const log = [];
 const { server, url } = await serve(distDir, PREFIX);
 let browser = await launch();
+let isolated = null;
 const report = { url, log };
 try {
   const page = await openPage(browser, url, log);
@@ -127,10 +128,23 @@ try {
   await settledBackend(older);
   report.no_relaxed_simd = await older.getAttribute('[data-testid="backend"]', 'data-simd');
   report.no_relaxed_upload = await upload(older, imagePath);
+
+  // A host that sends the cross-origin isolation headers: the threaded CPU worker, with
+  // the same answers.
+  isolated = await serve(distDir, PREFIX, {}, { isolated: true });
+  const threaded = await openPage(browser, isolated.url, log);
+  report.threads_backend = await settledBackend(threaded);
+  report.threads_upload = await upload(threaded, imagePath);
+  // Such a host without the threaded build (a 404 for its entry): one thread, and a message.
+  const missing = await openPage(browser, isolated.url, log, null, '**/worker-threads_loader.js');
+  report.threads_missing_backend = await settledBackend(missing);
+  report.threads_missing_error = await missing.textContent('[data-testid="error"]');
+  report.threads_missing_upload = await upload(missing, imagePath);
 } catch (error) {
   report.failure = String(error?.stack ?? error);
 } finally {
   await browser.close();
   server.close();
+  isolated?.server.close();
 }
 console.log(JSON.stringify(report));

@@ -1,8 +1,10 @@
 // Times onnxruntime-web's wasm backend (what transformers.js runs on) in headless
 // chromium, on the same machine as our page (called by bench.sh):
 //   node ort_bench.mjs MODEL.onnx RUNS
-// One thread and SIMD, as our worker; forward pass only (`session.run` on a ready
-// [1, 3, 224, 224] tensor). Prints JSON: session creation time and per-run latency.
+// SIMD on one thread, as our one-thread workers, or with THREADS=N on N (served with the
+// cross-origin isolation headers, which its threads need, as ours do); forward pass only
+// (`session.run` on a ready [1, 3, 224, 224] tensor). Prints JSON: session creation
+// time and per-run latency.
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -12,12 +14,13 @@ import { launch } from './browser.mjs';
 
 const [modelFile, runsArg] = process.argv.slice(2);
 const runs = Number(runsArg ?? 5);
+const threads = Number(process.env.THREADS ?? 1);
 const here = path.dirname(fileURLToPath(import.meta.url));
 const ortDist = path.join(here, 'node_modules', 'onnxruntime-web', 'dist');
 const page = fs.mkdtempSync(path.join(os.tmpdir(), 'ort-bench-'));
 fs.writeFileSync(path.join(page, 'index.html'), `<!doctype html><script type="module">
 import * as ort from './ort/ort.wasm.min.mjs';
-ort.env.wasm.numThreads = 1;
+ort.env.wasm.numThreads = ${threads};
 ort.env.wasm.wasmPaths = new URL('./ort/', location.href).href;
 try {
   const t0 = performance.now();
@@ -41,7 +44,7 @@ try {
 const { server, url } = await serve(page, '/ort-bench/', {
   'ort/': ortDist,
   'model/': path.dirname(path.resolve(modelFile)),
-});
+}, { isolated: threads > 1 });
 const browser = await launch({ webgpu: false });
 try {
   const tab = await browser.newPage();
@@ -51,7 +54,7 @@ try {
   const sorted = [...(result.run_ms ?? [])].sort((a, b) => a - b);
   console.log(JSON.stringify({
     engine: 'onnxruntime-web', version: JSON.parse(fs.readFileSync(path.join(ortDist, '..', 'package.json'))).version,
-    model: modelFile, runs, median_ms: sorted[Math.floor(sorted.length / 2)], ...result,
+    model: modelFile, threads, runs, median_ms: sorted[Math.floor(sorted.length / 2)], ...result,
   }));
   if (result.failure) process.exitCode = 1;
 } finally {

@@ -1,6 +1,8 @@
 // A static file server for dist/ under a sub-path (as a static host would
 // serve it), on 127.0.0.1 with an ephemeral port. `overrides` maps URL paths
 // below the prefix (e.g. "model/") to other folders, for benchmarking other models.
+// `isolated` sends the cross-origin isolation headers (COOP same-origin, COEP
+// require-corp), as a host configured for the threaded worker does.
 import http from 'node:http';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -18,7 +20,10 @@ const TYPES = {
   '.safetensors': 'application/octet-stream',
 };
 
-export async function serve(distDir, prefix, overrides = {}) {
+export async function serve(distDir, prefix, overrides = {}, { isolated = false } = {}) {
+  const isolation = isolated
+    ? { 'cross-origin-opener-policy': 'same-origin', 'cross-origin-embedder-policy': 'require-corp' }
+    : {};
   const server = http.createServer((request, response) => {
     const url = new URL(request.url, 'http://127.0.0.1');
     let rel = decodeURIComponent(url.pathname);
@@ -49,6 +54,7 @@ export async function serve(distDir, prefix, overrides = {}) {
         'content-type': TYPES[path.extname(file)] ?? 'application/octet-stream',
         'content-length': stat.size,
         'cache-control': 'no-store',
+        ...isolation,
       });
       fs.createReadStream(file).pipe(response);
     });

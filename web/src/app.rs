@@ -33,8 +33,10 @@ struct State {
     /// What runs the model now, and where WebGPU stands (the worker says).
     backend: RwSignal<Backend>,
     webgpu: RwSignal<WebGpu>,
-    /// Whether the CPU path runs the worker built with relaxed SIMD.
-    relaxed_simd: RwSignal<bool>,
+    /// Which build of the worker runs (its CPU path: relaxed SIMD or not, threads or not).
+    cpu: RwSignal<CpuWorker>,
+    /// The threads of the worker's CPU path, as the worker reports them.
+    threads: RwSignal<usize>,
     /// The shipped model's card, once fetched (the page works without it).
     card: RwSignal<Option<display::ModelCard>>,
     teach: Teach,
@@ -58,6 +60,16 @@ struct Teach {
     /// Whether a taught model classifies now (it can then be exported).
     taught: RwSignal<bool>,
     error: RwSignal<Option<String>>,
+}
+
+/// The builds of the inference worker, by what their CPU path runs on (the WebGPU
+/// worker's is `Simd`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum CpuWorker {
+    Simd,
+    RelaxedSimd,
+    /// Plain SIMD on a pool of threads: only on cross-origin isolated pages.
+    Threads,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -173,7 +185,8 @@ impl State {
             show_attention: RwSignal::new(true),
             backend: RwSignal::new(Backend::Wasm),
             webgpu: RwSignal::new(WebGpu::NotRequested),
-            relaxed_simd: RwSignal::new(false),
+            cpu: RwSignal::new(CpuWorker::Simd),
+            threads: RwSignal::new(1),
             card: RwSignal::new(None),
             teach: Teach::new(),
             latest_request: RwSignal::new(0),
@@ -197,20 +210,41 @@ impl State {
     fn on_worker_event(self, event: Event) {
         match event {
             Event::Response(response, payload) => self.on_response(response, payload),
-            Event::Crashed(message) if self.backend.get_untracked() == Backend::Webgpu => {
-                // WebGPU took the worker down: a new one on the CPU, with the shipped model.
+            Event::Crashed(message)
+                if self.backend.get_untracked() == Backend::Webgpu
+                    || self.cpu.get_untracked() == CpuWorker::Threads =>
+            {
+                // WebGPU or the threads took the worker down (or the threaded build is
+                // missing from the site): a new one on the CPU, with the shipped model.
+                let failed = if self.backend.get_untracked() == Backend::Webgpu {
+                    self.webgpu.set(WebGpu::Unavailable {
+                        reason: message.clone(),
+                    });
+                    format!("WebGPU failed ({message}); the model now runs on the CPU.")
+                } else {
+                    format!(
+                        "The multi-threaded CPU worker failed ({message}); the model now runs \
+                         on one thread."
+                    )
+                };
                 self.error.set(Some(format!(
-                    "WebGPU failed ({message}); the model now runs on the CPU. The shipped \
-                     model was loaded again."
+                    "{failed} The shipped model was loaded again."
                 )));
-                self.webgpu.set(WebGpu::Unavailable { reason: message });
                 self.backend.set(Backend::Wasm);
                 self.busy.set(false);
                 self.model.set(None);
                 self.teach.abandon();
                 self.model_loading.set(true);
+                // After WebGPU, the CPU; after the threads, what the page asked for at
+                // first (WebGPU if the browser gives an adapter after all, so that the page
+                // says why not), on one thread.
+                let (backend, threads) = if self.cpu.get_untracked() == CpuWorker::Threads {
+                    (initial_backend(), false)
+                } else {
+                    (Backend::Wasm, true)
+                };
                 spawn_local(async move {
-                    self.start_worker(Backend::Wasm).await;
+                    self.start_worker(backend, threads).await;
                     self.load_shipped_model().await;
                 });
             }
@@ -266,7 +300,7 @@ impl State {
                     .error
                     .set(Some(format!("Cannot export the taught model: {message}.")));
             }
-            Response::Started => {}
+            Response::Started { threads } => self.threads.set(threads),
             Response::Backend { active, webgpu } => {
                 self.backend.set(active);
                 self.webgpu.set(webgpu);
@@ -310,16 +344,26 @@ impl State {
     /// Starts the inference worker and asks it for `backend` (it starts on the CPU and
     /// moves to WebGPU once that has started, if it can). The WebGPU worker (eight times
     /// the CPU one's size) is loaded only where the browser gives us a GPU adapter;
-    /// otherwise the CPU worker with relaxed SIMD where the browser has it.
-    async fn start_worker(self, backend: Backend) {
-        let script = match backend {
-            Backend::Webgpu if browser::has_webgpu().await => crate::GPU_WORKER_SCRIPT_URL,
-            _ if browser::has_relaxed_simd() => crate::RELAXED_WORKER_SCRIPT_URL,
-            _ => crate::WORKER_SCRIPT_URL,
+    /// otherwise the threaded CPU worker where the page is cross-origin isolated (and
+    /// `threads` allows it), else the one-thread CPU worker with relaxed SIMD where the
+    /// browser has it, else the plain one.
+    async fn start_worker(self, backend: Backend, threads: bool) {
+        let (script, cpu) = match backend {
+            Backend::Webgpu if browser::has_webgpu().await => {
+                (crate::GPU_WORKER_SCRIPT_URL, CpuWorker::Simd)
+            }
+            _ if threads && browser::cross_origin_isolated() => {
+                (crate::THREADS_WORKER_SCRIPT_URL, CpuWorker::Threads)
+            }
+            _ if browser::has_relaxed_simd() => {
+                (crate::RELAXED_WORKER_SCRIPT_URL, CpuWorker::RelaxedSimd)
+            }
+            _ => (crate::WORKER_SCRIPT_URL, CpuWorker::Simd),
         };
-        self.relaxed_simd
-            .set(script == crate::RELAXED_WORKER_SCRIPT_URL);
-        match worker_client::start(script, move |event| self.on_worker_event(event)) {
+        self.cpu.set(cpu);
+        self.threads.set(1);
+        let module = cpu == CpuWorker::Threads;
+        match worker_client::start(script, module, move |event| self.on_worker_event(event)) {
             Ok(()) => worker_client::send(&Request::SetBackend { backend }, &[]),
             Err(error) => self
                 .error
@@ -679,10 +723,10 @@ fn BackendChoice(state: State) -> impl IntoView {
             >
                 <option value="webgpu" disabled=move || !webgpu_ready()>{webgpu_label}</option>
                 <option value="wasm">
-                    {move || if state.relaxed_simd.get() {
-                        "CPU (WebAssembly relaxed SIMD)"
-                    } else {
-                        "CPU (WebAssembly SIMD)"
+                    {move || match (state.cpu.get(), state.threads.get()) {
+                        (CpuWorker::RelaxedSimd, _) => "CPU (WebAssembly relaxed SIMD)".to_owned(),
+                        (_, 1) => "CPU (WebAssembly SIMD)".to_owned(),
+                        (_, threads) => format!("CPU (WebAssembly SIMD, {threads} threads)"),
                     }}
                 </option>
             </select>
@@ -690,7 +734,10 @@ fn BackendChoice(state: State) -> impl IntoView {
             <code
                 data-testid="backend"
                 data-webgpu=move || state.webgpu.get().state_name()
-                data-simd=move || if state.relaxed_simd.get() { "relaxed" } else { "simd128" }
+                data-simd=move || {
+                    if state.cpu.get() == CpuWorker::RelaxedSimd { "relaxed" } else { "simd128" }
+                }
+                data-threads=move || state.threads.get().to_string()
             >
                 {move || state.backend.get().name()}
             </code>
@@ -923,14 +970,17 @@ fn TeachPanel(state: State) -> impl IntoView {
     }
 }
 
+/// The backend the page starts with: the address's choice, else WebGPU where it works.
+fn initial_backend() -> Backend {
+    browser::requested_backend().unwrap_or(Backend::Webgpu)
+}
+
 #[component]
 fn App() -> impl IntoView {
     let state = State::new();
     spawn_local(async move {
         // The worker must exist before the model is sent to it.
-        state
-            .start_worker(browser::requested_backend().unwrap_or(Backend::Webgpu))
-            .await;
+        state.start_worker(initial_backend(), true).await;
         state.load_shipped_model().await;
     });
     spawn_local(state.load_shipped_card());

@@ -47,6 +47,17 @@ pub fn has_relaxed_simd() -> bool {
     js_sys::WebAssembly::validate(&Uint8Array::from(&MODULE[..]).into()).unwrap_or(false)
 }
 
+/// Whether the page is cross-origin isolated (its host sends `Cross-Origin-Opener-Policy:
+/// same-origin` and `Cross-Origin-Embedder-Policy: require-corp`), which the threaded
+/// worker's shared memory needs.
+pub fn cross_origin_isolated() -> bool {
+    // Not in web-sys's `Window`.
+    Reflect::get(&window(), &"crossOriginIsolated".into())
+        .ok()
+        .and_then(|value| value.as_bool())
+        .unwrap_or(false)
+}
+
 /// The backend the page's address asks for (`?backend=webgpu` or `?backend=wasm`), if any.
 pub fn requested_backend() -> Option<crate::protocol::Backend> {
     let search = window().location().search().ok()?;

@@ -38,3 +38,6 @@ pub const SHIPPED_SOURCE: &str = "the shipped model";
 pub const WORKER_SCRIPT_URL: &str = "worker_loader.js";
 pub const RELAXED_WORKER_SCRIPT_URL: &str = "worker-relaxed_loader.js";
 pub const GPU_WORKER_SCRIPT_URL: &str = "worker-gpu_loader.js";
+/// The threaded CPU worker's entry, an ES module (`web/worker-threads_loader.js`, copied
+/// with the build by `web/build-threads.sh`).
+pub const THREADS_WORKER_SCRIPT_URL: &str = "worker-threads_loader.js";

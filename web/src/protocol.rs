@@ -86,8 +86,10 @@ pub enum WebGpu {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Response {
     /// The worker's wasm is running and accepts requests (on the CPU until WebGPU,
-    /// if asked for, has started).
-    Started,
+    /// if asked for, has started), with the threads its CPU path runs on.
+    Started {
+        threads: usize,
+    },
     /// What runs the model now, and where WebGPU stands; sent whenever either changes.
     Backend {
         active: Backend,

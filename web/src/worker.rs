@@ -42,9 +42,40 @@ struct Worker {
     on_gpu: Option<Classifier>,
 }
 
-/// Installs the message handler and tells the page the worker is up.
+/// Installs the message handler and tells the page the worker is up (on one thread).
 pub fn start() {
     console_error_panic_hook::set_once();
+    serve(1);
+}
+
+/// Starts a pool of threads for the matmul kernel (rayon's, on Web Workers that share
+/// this one's memory), then serves as [`start`] does. One thread per logical core, at
+/// most [`MAX_THREADS`]; if the pool cannot start, one thread, with the reason in the
+/// console.
+#[cfg(feature = "threads")]
+pub fn start_with_threads() {
+    console_error_panic_hook::set_once();
+    let scope: DedicatedWorkerGlobalScope = js_sys::global().unchecked_into();
+    let threads = (scope.navigator().hardware_concurrency() as usize).clamp(1, MAX_THREADS);
+    wasm_bindgen_futures::spawn_local(async move {
+        let pool = wasm_bindgen_rayon::init_thread_pool(threads);
+        match wasm_bindgen_futures::JsFuture::from(pool).await {
+            Ok(_) => serve(threads),
+            Err(error) => {
+                web_sys::console::error_2(&"cannot start the thread pool:".into(), &error);
+                serve(1);
+            }
+        }
+    });
+}
+
+/// The most threads the threaded worker starts: ViT-B/16's products split into more
+/// blocks than that would be narrower than a few kernel panels each, and every thread
+/// is a Web Worker with its own copy of the compiled module.
+#[cfg(feature = "threads")]
+const MAX_THREADS: usize = 16;
+
+fn serve(threads: usize) {
     // Set once per worker; a second call cannot happen, and would only keep the first.
     let _ = log::set_logger(&ConsoleLog).map(|()| log::set_max_level(log::LevelFilter::Error));
     let scope: DedicatedWorkerGlobalScope = js_sys::global().unchecked_into();
@@ -65,7 +96,7 @@ pub fn start() {
     scope.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
     // The handler lives as long as the worker.
     on_message.forget();
-    post(&scope, &Response::Started);
+    post(&scope, &Response::Started { threads });
 }
 
 impl Worker {

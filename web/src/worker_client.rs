@@ -6,7 +6,7 @@ use std::cell::RefCell;
 use js_sys::{Array, ArrayBuffer};
 use wasm_bindgen::JsCast;
 use wasm_bindgen::prelude::*;
-use web_sys::{ErrorEvent, MessageEvent, Worker};
+use web_sys::{ErrorEvent, MessageEvent, Worker, WorkerOptions, WorkerType};
 
 use crate::protocol::{self, Request, Response};
 
@@ -29,10 +29,19 @@ thread_local! {
     static CLIENT: RefCell<Option<Client>> = const { RefCell::new(None) };
 }
 
-/// Starts the worker (stopping the one before, if any); `on_event` receives everything
-/// it reports.
-pub fn start(script_url: &str, on_event: impl Fn(Event) + 'static) -> Result<(), String> {
-    let worker = Worker::new(script_url).map_err(|error| format!("{error:?}"))?;
+/// Starts the worker (stopping the one before, if any), from a classic script or, with
+/// `module`, an ES module; `on_event` receives everything it reports.
+pub fn start(
+    script_url: &str,
+    module: bool,
+    on_event: impl Fn(Event) + 'static,
+) -> Result<(), String> {
+    let options = WorkerOptions::new();
+    if module {
+        options.set_type(WorkerType::Module);
+    }
+    let worker =
+        Worker::new_with_options(script_url, &options).map_err(|error| format!("{error:?}"))?;
     let on_event = std::rc::Rc::new(on_event);
     let handler = on_event.clone();
     let on_message = Closure::<dyn FnMut(MessageEvent)>::new(move |event: MessageEvent| {
@@ -41,7 +50,7 @@ pub fn start(script_url: &str, on_event: impl Fn(Event) + 'static) -> Result<(),
         let payload = message.and_then(|m| m.get(1).dyn_into::<ArrayBuffer>().ok());
         match header.as_deref().map(protocol::decode::<Response>) {
             Some(Ok(response)) => {
-                if matches!(response, Response::Started) {
+                if matches!(response, Response::Started { .. }) {
                     flush();
                 }
                 handler(Event::Response(response, payload));
@@ -49,8 +58,15 @@ pub fn start(script_url: &str, on_event: impl Fn(Event) + 'static) -> Result<(),
             _ => web_sys::console::error_1(&event.data()),
         }
     });
-    let on_error = Closure::<dyn FnMut(ErrorEvent)>::new(move |event: ErrorEvent| {
-        on_event(Event::Crashed(event.message()));
+    // An `ErrorEvent` when the worker's code failed; a plain `Event` when its script
+    // could not be loaded (e.g. missing from the site).
+    let script = script_url.to_owned();
+    let on_error = Closure::<dyn FnMut(web_sys::Event)>::new(move |event: web_sys::Event| {
+        let message = match event.dyn_ref::<ErrorEvent>() {
+            Some(error) => error.message(),
+            None => format!("cannot load {script}"),
+        };
+        on_event(Event::Crashed(message));
     });
     worker.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
     worker.set_onerror(Some(on_error.as_ref().unchecked_ref()));

@@ -1,5 +1,5 @@
 //! What our own burn-flex kernels (`gelu.rs`, `layer_norm.rs`, `sgd.rs`,
-//! `attention_kernel.rs`) share: reading f32 tensors as slices, running loops over
+//! `attention_kernel.rs`, `matmul.rs`) share: reading f32 tensors as slices, running loops over
 //! chunks of an output (or over heads) on the thread pool, and a vectorisable `exp`.
 //!
 //! Their loops are functions marked [`vectorised`](macro@vectorised): compiled also for
@@ -37,8 +37,8 @@ pub(super) fn tensor(values: Vec<f32>, shape: Shape) -> FlexTensor {
 
 /// A new `len`-long output computed piece by piece: `work(index, piece)` on its
 /// consecutive `chunk`-long pieces (the last may be shorter), which returns what each
-/// call returns, in order. Pieces run on the thread pool (not in the browser, which has
-/// one thread), with AVX2 where the CPU has it. The split does not depend on the number
+/// call returns, in order. Pieces run on the thread pool (natively, and in the browser's
+/// threaded worker: see [`threads`]), with AVX2 where the CPU has it. The split does not depend on the number
 /// of threads, so neither do results that the caller combines in order.
 ///
 /// Each task zeroes its own piece before `work` sees it: `vec![0.0; len]` would zero
@@ -52,7 +52,7 @@ pub(super) fn compute<R: Send>(
     let mut output = Vec::with_capacity(len);
     let run = |(index, piece)| work(index, zeroed(piece));
     let pieces = output.spare_capacity_mut()[..len].chunks_mut(chunk.max(1));
-    #[cfg(not(target_arch = "wasm32"))]
+    #[cfg(any(not(target_arch = "wasm32"), target_feature = "atomics"))]
     let results = {
         use rayon::prelude::*;
         pieces
@@ -62,7 +62,7 @@ pub(super) fn compute<R: Send>(
             .map(run)
             .collect()
     };
-    #[cfg(target_arch = "wasm32")]
+    #[cfg(all(target_arch = "wasm32", not(target_feature = "atomics")))]
     let results = pieces.enumerate().map(run).collect();
     // SAFETY: the pieces cover the first `len` values, and each was zeroed.
     unsafe { output.set_len(len) };
@@ -78,7 +78,7 @@ pub(super) fn for_each_piece_pair(
     work: impl Fn(usize, &mut [f32], &mut [f32]) + Sync,
 ) {
     let run = |(index, (a, b))| work(index, a, b);
-    #[cfg(not(target_arch = "wasm32"))]
+    #[cfg(any(not(target_arch = "wasm32"), target_feature = "atomics"))]
     {
         use rayon::prelude::*;
         a.par_chunks_mut(chunk.max(1))
@@ -86,11 +86,39 @@ pub(super) fn for_each_piece_pair(
             .enumerate()
             .for_each(run);
     }
-    #[cfg(target_arch = "wasm32")]
+    #[cfg(all(target_arch = "wasm32", not(target_feature = "atomics")))]
     a.chunks_mut(chunk.max(1))
         .zip(b.chunks_mut(chunk.max(1)))
         .enumerate()
         .for_each(run);
+}
+
+/// Threads that our kernels may use: rayon's pool, natively and in the browser's threaded
+/// worker (built with wasm atomics: web's `threads` feature); one in the other browser
+/// builds, which have no threads.
+pub(super) fn threads() -> usize {
+    #[cfg(any(not(target_arch = "wasm32"), target_feature = "atomics"))]
+    {
+        rayon::current_num_threads()
+    }
+    #[cfg(all(target_arch = "wasm32", not(target_feature = "atomics")))]
+    {
+        1
+    }
+}
+
+/// `task`'s result for every item, in order, on the thread pool where there is one (see
+/// [`threads`]).
+pub(super) fn map<T: Send, R: Send>(items: Vec<T>, task: impl Fn(T) -> R + Send + Sync) -> Vec<R> {
+    #[cfg(any(not(target_arch = "wasm32"), target_feature = "atomics"))]
+    {
+        use rayon::prelude::*;
+        items.into_par_iter().map(task).collect()
+    }
+    #[cfg(all(target_arch = "wasm32", not(target_feature = "atomics")))]
+    {
+        items.into_iter().map(task).collect()
+    }
 }
 
 /// Calls `work(index)` for every index below `count`, on the thread pool (natively only).

@@ -11,7 +11,9 @@
 //! (`f32x4.relaxed_madd`, a single `vfmadd` on x86-64 CPUs with FMA), in Chromium since
 //! version 114 but not in every browser, and a module that uses it does not load where
 //! it is missing. So the web app builds its CPU worker twice, with and without the
-//! `relaxed-simd` feature, and the page picks by feature detection. This kernel is what
+//! `relaxed-simd` feature, and the page picks by feature detection (its threaded worker,
+//! for cross-origin isolated pages, is a third build, without relaxed SIMD, whose products
+//! are split between threads: [`Operands::multiply_on`]). This kernel is what
 //! both run: with relaxed SIMD about 1.3× gemm's speed on ViT-B/16's shapes in Chromium
 //! 156 here, without it about the same as gemm. It keeps 12 vector registers live (8
 //! accumulators of a 4 × 8 tile, two vectors of the right operand, a broadcast and a
@@ -202,16 +204,58 @@ impl<'a> Operands<'a> {
         cpu::tensor(values, shape.into())
     }
 
-    /// The product with our kernel (natively only in the unit tests), a new contiguous tensor.
+    /// The product with our kernel (natively only in the unit tests), a new contiguous
+    /// tensor, on the threads there are ([`cpu::threads`]).
     #[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
     fn multiply(&self) -> FlexTensor {
-        let (m, n) = (self.m, self.n);
-        let mut output = vec![0.0f32; self.count() * m * n];
-        let mut packed = Packed::default();
-        for (index, out) in output.chunks_mut((m * n).max(1)).enumerate() {
+        self.multiply_on(cpu::threads())
+    }
+
+    /// The product with our kernel, split for `threads` threads: the matrices of a batch
+    /// are tasks of their own, and where that gives fewer than two tasks per thread, each
+    /// matrix is cut into blocks of columns. Cutting columns rather than rows keeps the
+    /// packing work as it is: each task packs only its columns of the right operand (a
+    /// layer's weight, the large one) and the whole left one (the activations, `1 / n` of
+    /// its work). A block's output goes to a buffer of its own and is copied into place.
+    /// Every value is summed in the same order whatever the split.
+    fn multiply_on(&self, threads: usize) -> FlexTensor {
+        let (m, k, n) = (self.m, self.k, self.n);
+        let (count, size) = (self.count(), m * n);
+        let mut output = vec![0.0f32; count * size];
+        if size == 0 {
+            return self.output(output);
+        }
+        let width = column_block(count, [m, k, n], threads);
+        // `out` (`m` rows of `columns`) = the `index`-th product's columns from `first`.
+        let product = |index: usize, first: usize, columns: usize, out: &mut [f32]| {
             let lhs = self.matrix(self.lhs, index);
             let rhs = self.matrix(self.rhs, index);
-            kernel::multiply(lhs, rhs, self.k, out, n, &mut packed);
+            let rhs = Matrix {
+                offset: rhs.offset + first * rhs.columns,
+                ..rhs
+            };
+            PACKED.with_borrow_mut(|packed| kernel::multiply(lhs, rhs, k, out, columns, packed));
+        };
+        if width == n {
+            let tasks: Vec<_> = output.chunks_mut(size).enumerate().collect();
+            cpu::map(tasks, |(index, out)| product(index, 0, n, out));
+        } else {
+            let tasks: Vec<_> = (0..count)
+                .flat_map(|index| (0..n).step_by(width).map(move |first| (index, first)))
+                .collect();
+            let blocks = cpu::map(tasks.clone(), |(index, first)| {
+                let columns = width.min(n - first);
+                let mut block = vec![0.0f32; m * columns];
+                product(index, first, columns, &mut block);
+                block
+            });
+            for ((index, first), block) in tasks.into_iter().zip(blocks) {
+                let columns = block.len() / m;
+                for (row, values) in block.chunks_exact(columns).enumerate() {
+                    let start = index * size + row * n + first;
+                    output[start..start + columns].copy_from_slice(values);
+                }
+            }
         }
         self.output(output)
     }
@@ -292,6 +336,28 @@ impl<'a> Operands<'a> {
             columns: strides[rank - 1] as usize,
         }
     }
+}
+
+thread_local! {
+    /// Each thread's buffers for packed operands, reused from product to product.
+    static PACKED: std::cell::RefCell<Packed> = std::cell::RefCell::new(Packed::default());
+}
+
+/// The fewest multiply-adds worth a task of their own: about 10 µs of the browser's
+/// kernel, well above what handing a task to another thread costs.
+const MIN_TASK: usize = 1 << 17;
+
+/// Columns per task for `count` products of `m × k` by `k × n` on `threads` threads:
+/// all `n` when the batch alone gives every thread two tasks (or the products are too
+/// small to share), else blocks of whole kernel panels.
+fn column_block(count: usize, [m, k, n]: [usize; 3], threads: usize) -> usize {
+    let wanted = (2 * threads).div_ceil(count.max(1));
+    let affordable = (m * k * n / MIN_TASK).max(1);
+    let blocks = wanted.min(affordable).min(n.div_ceil(kernel::NR));
+    if threads <= 1 || blocks <= 1 {
+        return n;
+    }
+    n.div_ceil(blocks).next_multiple_of(kernel::NR)
 }
 
 /// `matrix` (`rows × columns`) copied into a row-major buffer, in blocks that stay in
@@ -448,6 +514,40 @@ mod tests {
             let (lhs, rhs) = (random([m, k]), random([k, n]));
             assert_close(packed(lhs.clone(), rhs.clone()), lhs.matmul(rhs));
         }
+    }
+
+    #[test]
+    fn splits_across_threads_without_changing_a_value() {
+        // The browser's threaded worker: a single product cut into column blocks (with a
+        // last block narrower than the rest), a batch of a few (blocks of each), a batch
+        // larger than the threads (one task per product), a product too small to share.
+        let shapes = [
+            [1, 100, 300, 203],
+            [3, 50, 64, 130],
+            [12, 20, 16, 20],
+            [1, 3, 5, 7],
+        ];
+        for [batch, m, k, n] in shapes {
+            let flex = |tensor: Tensor<3>| FlexTensor::from_data(tensor.into_data());
+            let (lhs, rhs) = (random([batch, m, k]), random([batch, k, n]));
+            let (left, right) = (flex(lhs.clone()), flex(rhs.clone()));
+            let operands = Operands::of(&left, &right).expect("f32 operands");
+            let one = operands.multiply_on(1).into_data();
+            for threads in [2, 3, 8] {
+                assert_eq!(
+                    operands.multiply_on(threads).into_data(),
+                    one,
+                    "{batch} × {m} × {k} × {n} on {threads} threads"
+                );
+            }
+            let one = Tensor::<3>::from_data(one, &device());
+            assert_close(one, lhs.matmul(rhs));
+        }
+        // The split: two tasks per thread from the batch, else blocks of whole panels.
+        assert_eq!(column_block(12, [20, 16, 20], 2), 20);
+        assert_eq!(column_block(1, [100, 300, 203], 2), 56);
+        assert_eq!(column_block(1, [3, 5, 7], 8), 7);
+        assert_eq!(column_block(1, [197, 768, 3072], 1), 3072);
     }
 
     #[test]

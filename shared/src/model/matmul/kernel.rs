@@ -5,7 +5,7 @@
 /// Rows of an output tile.
 const MR: usize = 4;
 /// Columns of an output tile: two vectors.
-const NR: usize = 8;
+pub(super) const NR: usize = 8;
 /// Depth of a block (a right panel is `KC × NR` floats, 8 KiB).
 const KC: usize = 256;
 /// Rows of a left block (`MC × KC` floats, 64 KiB, for the L2 cache).
