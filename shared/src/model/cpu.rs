@@ -38,8 +38,9 @@ pub(super) fn tensor(values: Vec<f32>, shape: Shape) -> FlexTensor {
 /// A new `len`-long output computed piece by piece: `work(index, piece)` on its
 /// consecutive `chunk`-long pieces (the last may be shorter), which returns what each
 /// call returns, in order. Pieces run on the thread pool (natively, and in the browser's
-/// threaded worker: see [`threads`]), with AVX2 where the CPU has it. The split does not depend on the number
-/// of threads, so neither do results that the caller combines in order.
+/// threaded worker: see [`threads`]), with AVX2 where the CPU has it. The split does not
+/// depend on the number of threads, so neither do results that the caller combines in
+/// order.
 ///
 /// Each task zeroes its own piece before `work` sees it: `vec![0.0; len]` would zero
 /// the whole output first on the calling thread, a serial pass over memory (mimalloc
@@ -52,18 +53,7 @@ pub(super) fn compute<R: Send>(
     let mut output = Vec::with_capacity(len);
     let run = |(index, piece)| work(index, zeroed(piece));
     let pieces = output.spare_capacity_mut()[..len].chunks_mut(chunk.max(1));
-    #[cfg(any(not(target_arch = "wasm32"), target_feature = "atomics"))]
-    let results = {
-        use rayon::prelude::*;
-        pieces
-            .collect::<Vec<_>>()
-            .into_par_iter()
-            .enumerate()
-            .map(run)
-            .collect()
-    };
-    #[cfg(all(target_arch = "wasm32", not(target_feature = "atomics")))]
-    let results = pieces.enumerate().map(run).collect();
+    let results = map(pieces.enumerate().collect(), run);
     // SAFETY: the pieces cover the first `len` values, and each was zeroed.
     unsafe { output.set_len(len) };
     (output, results)
@@ -78,19 +68,8 @@ pub(super) fn for_each_piece_pair(
     work: impl Fn(usize, &mut [f32], &mut [f32]) + Sync,
 ) {
     let run = |(index, (a, b))| work(index, a, b);
-    #[cfg(any(not(target_arch = "wasm32"), target_feature = "atomics"))]
-    {
-        use rayon::prelude::*;
-        a.par_chunks_mut(chunk.max(1))
-            .zip(b.par_chunks_mut(chunk.max(1)))
-            .enumerate()
-            .for_each(run);
-    }
-    #[cfg(all(target_arch = "wasm32", not(target_feature = "atomics")))]
-    a.chunks_mut(chunk.max(1))
-        .zip(b.chunks_mut(chunk.max(1)))
-        .enumerate()
-        .for_each(run);
+    let pairs = a.chunks_mut(chunk.max(1)).zip(b.chunks_mut(chunk.max(1)));
+    map(pairs.enumerate().collect(), run);
 }
 
 /// Threads that our kernels may use: rayon's pool, natively and in the browser's threaded
