@@ -381,6 +381,14 @@ fn browser_app_matches_trainer_predict() {
         "threaded worker: {} threads on {cores} cores",
         threads["threads"]
     );
+    if cores > 1 {
+        // What the visitor reads in the backend menu.
+        let label = threads["cpu_label"].as_str().unwrap_or_default();
+        assert!(
+            label.contains(&format!("{} threads", cores.min(16))),
+            "{label:?}"
+        );
+    }
     assert_same_top5(
         &top_of(&report["threads_upload"]["top"]),
         &native,

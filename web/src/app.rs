@@ -210,22 +210,35 @@ impl State {
     fn on_worker_event(self, event: Event) {
         match event {
             Event::Response(response, payload) => self.on_response(response, payload),
-            Event::Crashed(message)
-                if self.backend.get_untracked() == Backend::Webgpu
-                    || self.cpu.get_untracked() == CpuWorker::Threads =>
-            {
+            Event::Crashed(message) => {
                 // WebGPU or the threads took the worker down (or the threaded build is
-                // missing from the site): a new one on the CPU, with the shipped model.
-                let failed = if self.backend.get_untracked() == Backend::Webgpu {
+                // missing from the site): a new worker, with the shipped model. After
+                // WebGPU, the CPU; after the threads, what the page asked for at first
+                // (WebGPU if the browser gives an adapter after all, so that the page says
+                // why not), on one thread. Any other crash ends the page's work.
+                let (failed, backend, threads) = if self.backend.get_untracked() == Backend::Webgpu
+                {
                     self.webgpu.set(WebGpu::Unavailable {
                         reason: message.clone(),
                     });
-                    format!("WebGPU failed ({message}); the model now runs on the CPU.")
+                    let failed =
+                        format!("WebGPU failed ({message}); the model now runs on the CPU.");
+                    (failed, Backend::Wasm, true)
+                } else if self.cpu.get_untracked() == CpuWorker::Threads {
+                    let failed = format!(
+                        "The multi-threaded CPU worker failed ({message}); the model now \
+                             runs on one thread."
+                    );
+                    (failed, initial_backend(), false)
                 } else {
-                    format!(
-                        "The multi-threaded CPU worker failed ({message}); the model now runs \
-                         on one thread."
-                    )
+                    self.error.set(Some(format!(
+                        "The inference worker stopped ({message}). Reload the page to try \
+                             again."
+                    )));
+                    self.busy.set(false);
+                    self.model_loading.set(false);
+                    self.model.set(None);
+                    return;
                 };
                 self.error.set(Some(format!(
                     "{failed} The shipped model was loaded again."
@@ -235,26 +248,10 @@ impl State {
                 self.model.set(None);
                 self.teach.abandon();
                 self.model_loading.set(true);
-                // After WebGPU, the CPU; after the threads, what the page asked for at
-                // first (WebGPU if the browser gives an adapter after all, so that the page
-                // says why not), on one thread.
-                let (backend, threads) = if self.cpu.get_untracked() == CpuWorker::Threads {
-                    (initial_backend(), false)
-                } else {
-                    (Backend::Wasm, true)
-                };
                 spawn_local(async move {
                     self.start_worker(backend, threads).await;
                     self.load_shipped_model().await;
                 });
-            }
-            Event::Crashed(message) => {
-                self.error.set(Some(format!(
-                    "The inference worker stopped ({message}). Reload the page to try again."
-                )));
-                self.busy.set(false);
-                self.model_loading.set(false);
-                self.model.set(None);
             }
         }
     }
