@@ -54,104 +54,172 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
         .fold(0.0, f32::max)
 }
 
-/// Mutation fuzzing on stable Rust: a corpus of valid files, each mutated at random (from
-/// a seed, so a failure can be replayed) and fed to a parser, which must return `Ok` or an
-/// error without panicking. `cargo fuzz` would need a nightly toolchain.
+/// Mutation fuzzing on stable Rust (`cargo fuzz` would need nightly), with `proptest`: each
+/// case is a list of edits to a valid corpus file, fed to a parser that must answer `Ok` or an
+/// error, never panic, and within a time limit. The seed is fixed, so a run is the same every
+/// time, and a failure is shrunk to the fewest, smallest edits that still fail.
 pub mod fuzz {
-    use std::panic::{AssertUnwindSafe, catch_unwind};
+    use std::cell::Cell;
     use std::time::{Duration, Instant};
 
-    /// Cases per target: `VIT_FUZZ_CASES` (CI uses the default; a long run sets more).
-    pub fn cases() -> u64 {
-        std::env::var("VIT_FUZZ_CASES")
+    use proptest::collection::vec;
+    use proptest::prelude::*;
+    use proptest::sample::{Index, select};
+    use proptest::test_runner::{Config, RngSeed, TestCaseError, TestRunner};
+
+    /// Cases per corpus file: `VIT_FUZZ_CASES` (CI uses the default; a long run sets more).
+    pub fn cases() -> u32 {
+        env_number("VIT_FUZZ_CASES").map_or(300, |cases| cases as u32)
+    }
+
+    fn env_number(name: &str) -> Option<u64> {
+        std::env::var(name)
             .ok()
             .and_then(|value| value.parse().ok())
-            .unwrap_or(300)
     }
 
-    /// A small, fast, seeded generator (SplitMix64).
-    pub struct Rng(u64);
-
-    impl Rng {
-        pub fn new(seed: u64) -> Self {
-            Self(seed)
-        }
-
-        pub fn next_u64(&mut self) -> u64 {
-            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^ (z >> 31)
-        }
-
-        /// Uniform in `0..n` (n > 0).
-        pub fn below(&mut self, n: usize) -> usize {
-            (self.next_u64() % n as u64) as usize
-        }
+    /// A runner of `cases()` cases for corpus file `entry` of target `name`. Its seed mixes
+    /// both (so targets do not all try the same edits) with `VIT_FUZZ_SEED` (0 unless a long
+    /// run wants new ground); nothing is written to the source tree on failure.
+    pub fn runner(name: &str, entry: usize) -> TestRunner {
+        let seed = name.bytes().chain(entry.to_le_bytes()).fold(
+            env_number("VIT_FUZZ_SEED").unwrap_or(0),
+            |hash, byte| {
+                (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01B3) // FNV-1a
+            },
+        );
+        TestRunner::new(Config {
+            cases: cases(),
+            failure_persistence: None,
+            rng_seed: RngSeed::Fixed(seed),
+            // Shrinking re-runs the parser; bound it so a slow failure still ends.
+            max_shrink_time: 120_000,
+            ..Config::default()
+        })
     }
 
-    /// Values that break parsers more often than random ones.
-    const INTERESTING: &[u8] = &[0x00, 0x01, 0x7F, 0x80, 0xFF, b'"', b'{', b'}', b'9', b','];
+    /// One edit; `Index` is a position anywhere in the file, whatever its length.
+    #[derive(Clone, Debug)]
+    pub enum Mutation {
+        FlipBit(Index, u8),
+        SetByte(Index, u8),
+        /// Written over the bytes at the position (cut at the end of the file).
+        Overwrite(Index, &'static [u8]),
+        Insert(Index, Vec<u8>),
+        Delete(Index, usize),
+        Duplicate(Index, usize),
+        Truncate(Index),
+    }
 
-    /// `input` with one to four random edits: bit flips, interesting bytes, truncation,
-    /// insertion, or a duplicated or deleted run.
-    pub fn mutate(input: &[u8], rng: &mut Rng) -> Vec<u8> {
+    /// Bytes that break parsers more often than random ones.
+    const BYTES: &[u8] = &[0x00, 0x01, 0x7F, 0x80, 0xFF, b'"', b'{', b'}', b'9', b','];
+
+    /// Values that break length fields and headers: little-endian sizes and counts (zip,
+    /// safetensors, .npy), octal sizes (tar), JSON and Python-literal numbers.
+    const VALUES: &[&[u8]] = &[
+        &[0; 4],
+        &[0xFF; 4],
+        &[0xFF, 0xFF, 0xFF, 0x7F],
+        &[0x00, 0x00, 0x00, 0x80],
+        &[0x00, 0x00, 0x01, 0x00],
+        &[0; 8],
+        &[0xFF; 8],
+        &[0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x7F],
+        &[0x00, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00],
+        b"77777777777",
+        b"99999999999999999999",
+        b"-1",
+        b"1e999",
+        b"0, 0",
+    ];
+
+    fn mutation() -> impl Strategy<Value = Mutation> {
+        let byte = prop_oneof![select(BYTES), any::<u8>()];
+        let run = 1..=64usize;
+        prop_oneof![
+            (any::<Index>(), 0..8u8).prop_map(|(at, bit)| Mutation::FlipBit(at, bit)),
+            (any::<Index>(), byte).prop_map(|(at, byte)| Mutation::SetByte(at, byte)),
+            (any::<Index>(), select(VALUES)).prop_map(|(at, v)| Mutation::Overwrite(at, v)),
+            (any::<Index>(), vec(any::<u8>(), 1..=16)).prop_map(|(at, b)| Mutation::Insert(at, b)),
+            (any::<Index>(), run.clone()).prop_map(|(at, len)| Mutation::Delete(at, len)),
+            (any::<Index>(), run).prop_map(|(at, len)| Mutation::Duplicate(at, len)),
+            any::<Index>().prop_map(Mutation::Truncate),
+        ]
+    }
+
+    /// One to four edits, as the mutator before proptest made.
+    pub fn mutations() -> impl Strategy<Value = Vec<Mutation>> {
+        vec(mutation(), 1..=4)
+    }
+
+    /// `input` with `mutations` applied in order. An empty file only takes insertions.
+    pub fn apply(input: &[u8], mutations: &[Mutation]) -> Vec<u8> {
         let mut bytes = input.to_vec();
-        for _ in 0..1 + rng.below(4) {
-            if bytes.is_empty() {
-                bytes.push(rng.next_u64() as u8);
+        for mutation in mutations {
+            let len = bytes.len();
+            if let Mutation::Insert(at, inserted) = mutation {
+                let at = at.index(len + 1);
+                bytes.splice(at..at, inserted.iter().copied());
                 continue;
             }
-            let at = rng.below(bytes.len());
-            match rng.below(6) {
-                0 => bytes[at] ^= 1 << rng.below(8),
-                1 => bytes[at] = INTERESTING[rng.below(INTERESTING.len())],
-                2 => bytes.truncate(at),
-                3 => {
-                    let count = 1 + rng.below(16);
-                    let inserted: Vec<u8> = (0..count).map(|_| rng.next_u64() as u8).collect();
-                    bytes.splice(at..at, inserted);
+            if len == 0 {
+                continue;
+            }
+            match mutation {
+                Mutation::FlipBit(at, bit) => bytes[at.index(len)] ^= 1 << bit,
+                Mutation::SetByte(at, byte) => bytes[at.index(len)] = *byte,
+                Mutation::Overwrite(at, value) => {
+                    let at = at.index(len);
+                    let end = (at + value.len()).min(len);
+                    bytes[at..end].copy_from_slice(&value[..end - at]);
                 }
-                4 => {
-                    let end = (at + 1 + rng.below(64)).min(bytes.len());
-                    let run = bytes[at..end].to_vec();
-                    bytes.splice(at..at, run);
+                Mutation::Delete(at, run) => {
+                    let at = at.index(len);
+                    bytes.drain(at..(at + run).min(len));
                 }
-                _ => {
-                    let end = (at + 1 + rng.below(64)).min(bytes.len());
-                    bytes.drain(at..end);
+                Mutation::Duplicate(at, run) => {
+                    let at = at.index(len);
+                    let copy = bytes[at..(at + run).min(len)].to_vec();
+                    bytes.splice(at..at, copy);
                 }
+                Mutation::Truncate(at) => bytes.truncate(at.index(len)),
+                Mutation::Insert(..) => unreachable!("handled above"),
             }
         }
         bytes
     }
 
-    /// Runs `parse` on `cases()` mutations of each corpus entry. Fails on a panic, or on a
-    /// case slower than `limit`, naming the seed that replays it.
+    /// Runs `parse` (true: accepted, false: refused with an error) on `cases()` mutations of
+    /// each corpus file. Fails on a panic, or on a case slower than `limit`, naming the
+    /// corpus file and the minimal edits that fail (the seed is fixed, so they replay).
     pub fn run(
         name: &str,
         corpus: &[Vec<u8>],
         limit: Duration,
         parse: impl Fn(&[u8]) -> bool,
     ) -> Report {
-        let mut report = Report::default();
+        let report = Cell::new(Report::default());
         for (entry, input) in corpus.iter().enumerate() {
-            for case in 0..cases() {
-                let seed = (entry as u64) << 32 | case;
-                let mutated = mutate(input, &mut Rng::new(seed));
+            let outcome = runner(name, entry).run(&mutations(), |mutations| {
+                let bytes = apply(input, &mutations);
                 let started = Instant::now();
-                let outcome = catch_unwind(AssertUnwindSafe(|| parse(&mutated)));
+                let accepted = parse(&bytes);
                 let took = started.elapsed();
-                match outcome {
-                    Ok(true) => report.accepted += 1,
-                    Ok(false) => report.refused += 1,
-                    Err(_) => panic!("{name}: seed {seed} panicked"),
+                if took >= limit {
+                    return Err(TestCaseError::fail(format!("took {took:?}")));
                 }
-                assert!(took < limit, "{name}: seed {seed} took {took:?}");
-                report.slowest = report.slowest.max(took);
+                let mut seen = report.get();
+                seen.accepted += u64::from(accepted);
+                seen.refused += u64::from(!accepted);
+                seen.slowest = seen.slowest.max(took);
+                report.set(seen);
+                Ok(())
+            });
+            if let Err(error) = outcome {
+                panic!("fuzz {name}, corpus file {entry}: {error}");
             }
         }
+        let report = report.get();
         eprintln!(
             "fuzz {name}: {} cases, {} accepted, {} refused with an error, slowest {:?}",
             report.accepted + report.refused,
@@ -163,7 +231,7 @@ pub mod fuzz {
     }
 
     /// What a fuzz run saw.
-    #[derive(Debug, Default)]
+    #[derive(Debug, Default, Clone, Copy)]
     pub struct Report {
         pub accepted: u64,
         pub refused: u64,

@@ -1,14 +1,19 @@
 //! The parsers that read untrusted bytes, fed mutated copies of the fixtures
-//! (`vit_tests::fuzz`): each must answer with a model or an error, never a panic, and
-//! quickly. `VIT_FUZZ_CASES` sets the cases per corpus file (300 in CI).
+//! (`vit_tests::fuzz`, proptest with a fixed seed): each must answer with a model or an
+//! error, never a panic, and quickly. `VIT_FUZZ_CASES` sets the cases per corpus file (300
+//! in CI), `VIT_FUZZ_SEED` the seed (0).
 
+use std::io::{Cursor, Read};
 use std::time::Duration;
+
+use proptest::option::weighted;
+use proptest::sample::select;
 
 use vit::ViTConfig;
 use vit::checkpoint::{self, LoadOptions};
 use vit::preprocess::{Normalization, decode_rgb, preprocess};
 use vit_tests::fixture;
-use vit_tests::fuzz::{self, Rng};
+use vit_tests::fuzz;
 
 /// Per case, far above what any of these small files needs.
 const LIMIT: Duration = Duration::from_secs(2);
@@ -30,6 +35,37 @@ fn npz_archives() {
         checkpoint::from_npz_bytes(bytes).is_ok()
     });
     assert!(report.refused > 0);
+}
+
+/// The `.npy` reader on its own (in an `.npz` the zip layer's CRC check refuses most
+/// mutations first): f32, f16 and big-endian headers, 1 to 3 dimensions.
+#[test]
+fn npy_arrays() {
+    let member = |npz: &str, name: &str| {
+        let mut zip = zip::ZipArchive::new(Cursor::new(read(npz))).expect("zip");
+        let mut bytes = Vec::new();
+        let mut entry = zip.by_name(name).expect("member");
+        entry.read_to_end(&mut bytes).expect("read");
+        bytes
+    };
+    let bias = member("google_token.npz", "embedding/bias.npy");
+    let big_endian = String::from_utf8_lossy(&bias)
+        .replacen("'<f4'", "'>f4'", 1)
+        .into_bytes();
+    assert_ne!(big_endian, bias, "the header names '<f4'");
+    let corpus = [
+        bias,
+        big_endian,
+        member(
+            "google_token.npz",
+            "Transformer/posembed_input/pos_embedding.npy",
+        ),
+        member("google_token_f16.npz", "cls.npy"),
+    ];
+    let report = fuzz::run("npy", &corpus, LIMIT, |bytes| {
+        checkpoint::npz::read_npy(bytes, "fuzz.npy").is_ok()
+    });
+    assert!(report.accepted > 0 && report.refused > 0, "{report:?}");
 }
 
 #[test]
@@ -88,28 +124,33 @@ fn model_configs() {
         serde_json::json!(null),
         serde_json::json!([1, 2]),
     ];
-    let mut accepted = 0;
-    for name in ["hf_vit_cls/config.json", "hf_vit_pooler/config.json"] {
+    // Each case sets one field to one of `values`, or (one case in five) drops it.
+    let accepted = std::cell::Cell::new(0);
+    for (entry, name) in ["hf_vit_cls/config.json", "hf_vit_pooler/config.json"]
+        .into_iter()
+        .enumerate()
+    {
         let json: serde_json::Value = serde_json::from_slice(&read(name)).expect("json");
         let keys: Vec<String> = json.as_object().expect("object").keys().cloned().collect();
-        for case in 0..fuzz::cases() {
-            let mut rng = Rng::new(case);
+        let edits = (select(keys), weighted(0.8, select(values.to_vec())));
+        let outcome = fuzz::runner("config values", entry).run(&edits, |(key, value)| {
             let mut mutated = json.clone();
-            let key = &keys[rng.below(keys.len())];
-            if rng.below(5) == 0 {
-                mutated.as_object_mut().expect("object").remove(key);
-            } else {
-                mutated[key] = values[rng.below(values.len())].clone();
+            match value {
+                Some(value) => mutated[&key] = value,
+                None => {
+                    mutated.as_object_mut().expect("object").remove(&key);
+                }
             }
-            let config = std::panic::catch_unwind(|| ViTConfig::from_json(&mutated))
-                .unwrap_or_else(|_| panic!("{name}: `{key}` = {} panicked", mutated[key]));
-            accepted += usize::from(config.is_ok());
-            let preprocessor = std::panic::catch_unwind(|| {
-                checkpoint::hf::read_preprocessor(&mutated).map(|n| n.is_valid())
-            });
-            assert!(preprocessor.is_ok(), "{name}: `{key}` panicked");
+            accepted.set(accepted.get() + usize::from(ViTConfig::from_json(&mutated).is_ok()));
+            let _ = checkpoint::hf::read_preprocessor(&mutated).map(|n| n.is_valid());
+            Ok(())
+        });
+        // A panic fails the case; proptest names the field and value.
+        if let Err(error) = outcome {
+            panic!("{name}: {error}");
         }
     }
+    let accepted = accepted.get();
     eprintln!("fuzz config values: {accepted} accepted");
 }
 
