@@ -107,8 +107,9 @@ fn write_files(
 
 /// Leaves `workdir` with at most its checkpoint: a crash between the renames of [`save`]
 /// leaves only `checkpoint.previous`, which becomes the checkpoint again; a crash while
-/// writing leaves `checkpoint.partial`, which is removed.
-fn tidy(workdir: &Path) -> Result<()> {
+/// writing leaves `checkpoint.partial`, which is removed. [`save`] calls it, and so does
+/// `--resume` before it looks for the checkpoint (so the space is free from the start).
+pub fn tidy(workdir: &Path) -> Result<()> {
     let target = dir(workdir);
     let staging = workdir.join(format!("{DIR}.partial"));
     let previous = workdir.join(format!("{DIR}.previous"));

@@ -389,6 +389,12 @@ pub struct TrainArgs {
     /// Output folder: config, metrics.jsonl, curves.svg, summary, checkpoint/, export/.
     #[arg(long, default_value = "runs/latest")]
     pub workdir: PathBuf,
+    /// Start a new run in a --workdir that already holds files a run writes (config.json,
+    /// metrics.jsonl, curves.svg, summary.md, export/), replacing them; refused otherwise.
+    /// A --workdir holding a checkpoint is refused even so: continue it with --resume, or
+    /// delete its checkpoint/ folder first.
+    #[arg(long)]
+    pub force: bool,
     /// Continue the run saved in --workdir from its checkpoint, with its saved options
     /// (only --device, --precision, --threads, --data-dir, --log-every, --eval-every and
     /// --checkpoint-every may change). Gives the same metrics as an uninterrupted run.
@@ -414,7 +420,8 @@ pub struct TrainArgs {
     /// within noise. A resumed run may change it.
     #[arg(long, default_value_t = Precision::Fp32, value_name = "fp32|bf16")]
     pub precision: Precision,
-    /// CPU threads for the model (burn-flex) and the input pipeline (default: all cores).
+    /// CPU threads for the model (burn-flex, or libtorch on `tch:cpu`) and the input
+    /// pipeline (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
 }

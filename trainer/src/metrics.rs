@@ -32,6 +32,8 @@ const METRICS_FILE: &str = "metrics.jsonl";
 
 pub struct Metrics {
     workdir: PathBuf,
+    /// `metrics.jsonl`'s full path, which its errors name (the work folder may be anywhere).
+    path: PathBuf,
     file: BufWriter<File>,
     points: Vec<MetricPoint>,
 }
@@ -44,6 +46,7 @@ impl Metrics {
             File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
         Ok(Self {
             workdir: workdir.to_path_buf(),
+            path,
             file: BufWriter::new(file),
             points: Vec::new(),
         })
@@ -53,7 +56,12 @@ impl Metrics {
     /// checkpoint (by the run that stopped) are dropped, since they will be redone.
     pub fn resume(workdir: &Path, completed: usize) -> Result<Self> {
         let path = workdir.join(METRICS_FILE);
-        let text = fs::read_to_string(&path).unwrap_or_default();
+        // Missing: nothing was logged yet. Unreadable: an error, not an empty file that
+        // would replace it below.
+        let text = match fs::read_to_string(&path) {
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => String::new(),
+            read => read.with_context(|| format!("cannot read {}", path.display()))?,
+        };
         let kept: Vec<(&str, MetricsLine)> = text
             .lines()
             .filter_map(|text| Some((text, serde_json::from_str::<MetricsLine>(text).ok()?)))
@@ -65,13 +73,15 @@ impl Metrics {
         if !rewritten.is_empty() {
             rewritten.push('\n');
         }
-        vit::checkpoint::write_atomically(&path, rewritten.as_bytes())?;
+        vit::checkpoint::write_atomically(&path, rewritten.as_bytes())
+            .with_context(|| format!("cannot rewrite {}", path.display()))?;
         let file = OpenOptions::new()
             .append(true)
             .open(&path)
             .with_context(|| format!("cannot open {}", path.display()))?;
         Ok(Self {
             workdir: workdir.to_path_buf(),
+            path,
             file: BufWriter::new(file),
             points,
         })
@@ -79,8 +89,10 @@ impl Metrics {
 
     /// Appends one line, flushed at once so that nothing is lost on a crash.
     pub fn record(&mut self, line: &MetricsLine) -> Result<()> {
-        writeln!(self.file, "{}", serde_json::to_string(line)?)?;
-        self.file.flush().context("cannot write metrics.jsonl")?;
+        // Both the write and the flush can fail (a full disk); either names the file.
+        let cannot = || format!("cannot write {}", self.path.display());
+        writeln!(self.file, "{}", serde_json::to_string(line)?).with_context(cannot)?;
+        self.file.flush().with_context(cannot)?;
         self.points.push(point(line));
         Ok(())
     }
@@ -113,7 +125,8 @@ impl Metrics {
                 ));
             }
         }
-        fs::write(self.workdir.join("summary.md"), &table).context("cannot write summary.md")?;
+        let path = self.workdir.join("summary.md");
+        fs::write(&path, &table).with_context(|| format!("cannot write {}", path.display()))?;
         Ok(table)
     }
 }
@@ -174,5 +187,26 @@ mod tests {
         assert!(!table.contains("| 4 |"), "{table}");
         resumed.write_plot().expect("plot");
         assert!(dir.path().join("curves.svg").exists());
+    }
+
+    #[test]
+    fn errors_name_the_full_path() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let metrics = Metrics::create(dir.path()).expect("create");
+        // A folder where a file should be: writing it fails.
+        let summary = dir.path().join("summary.md");
+        fs::create_dir(&summary).expect("folder");
+        let error = format!("{:#}", metrics.write_summary().unwrap_err());
+        assert!(error.contains(&summary.display().to_string()), "{error}");
+        // An unreadable metrics.jsonl is an error naming it, not replaced by an empty one.
+        let other = tempfile::tempdir().expect("tempdir");
+        let jsonl = other.path().join(METRICS_FILE);
+        fs::write(&jsonl, b"\xff\xfe not UTF-8").expect("write");
+        let error = format!(
+            "{:#}",
+            Metrics::resume(other.path(), 1).err().expect("error")
+        );
+        assert!(error.contains(&jsonl.display().to_string()), "{error}");
+        assert_eq!(fs::read(&jsonl).expect("read"), b"\xff\xfe not UTF-8");
     }
 }

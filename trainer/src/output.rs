@@ -29,7 +29,8 @@ pub fn refuse_to_replace(dir: &Path, files: &[&str], force: bool) -> Result<()> 
 
 /// Writes a folder with `write`: a new folder is written beside its final name and
 /// renamed into place, so that it appears complete or not at all; into an existing
-/// folder, `write` must replace each file atomically (as `Checkpoint::save` does).
+/// folder, `write` must replace each file atomically (as `Checkpoint::save` does). The
+/// new folder's name is flushed to the disk before this returns.
 pub fn write_folder(dir: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     if dir.exists() {
         return write(dir);
@@ -45,7 +46,12 @@ pub fn write_folder(dir: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Resu
         return Err(error);
     }
     fs::rename(&staging, dir)
-        .with_context(|| format!("cannot move {} to {}", staging.display(), dir.display()))
+        .with_context(|| format!("cannot move {} to {}", staging.display(), dir.display()))?;
+    // The rename is only durable once the parent folder is flushed (as checkpoints do):
+    // after a power loss the folder could otherwise be missing, or still `DIR.partial`.
+    let parent = dir.parent().unwrap_or(Path::new("."));
+    vit::checkpoint::sync_folder(parent)
+        .with_context(|| format!("cannot flush {} to the disk", parent.display()))
 }
 
 /// `DIR.suffix` beside `DIR`.

@@ -209,6 +209,19 @@ impl Recipe {
     /// Refuses recipes that cannot run, naming the option.
     pub fn validate(&self) -> Result<()> {
         ensure!(self.steps > 0, "--steps must be at least 1");
+        // A warm-up longer than the run is a mistake (typically --steps lowered without
+        // --warmup, whose default is 500): the rate would never reach --lr nor decay. The
+        // reference has no sensible meaning for it either (`vit_jax` clips its progress to
+        // 1 and trains at rate 0 with cosine decay), so it is refused, not reinterpreted.
+        // `--warmup 0` and `--warmup` equal to `--steps` stay legal.
+        ensure!(
+            self.warmup <= self.steps,
+            "--warmup {} is more than --steps {}: the learning rate would never reach --lr; \
+             give a --warmup of at most {} (the default is 500)",
+            self.warmup,
+            self.steps,
+            self.steps
+        );
         ensure!(self.batch > 0, "--batch must be at least 1");
         ensure!(
             self.accum_steps > 0 && self.batch.is_multiple_of(self.accum_steps),
@@ -533,11 +546,13 @@ mod tests {
     #[test]
     fn presets_set_their_options_unless_given() {
         let options = crate::cli::tests::options(&[]);
-        let explicit = ["lr".to_string(), "steps".to_string()];
+        let explicit = ["lr".to_string(), "steps".to_string(), "warmup".to_string()];
         let given = RunOptions {
             recipe: Recipe {
                 lr: 0.002,
                 steps: 10,
+                // The preset's 1,915 would be longer than the run.
+                warmup: 2,
                 ..options.recipe.clone()
             },
             ..options.clone()
@@ -547,6 +562,7 @@ mod tests {
             .expect("apply");
         assert_eq!(applied.recipe.lr, 0.002);
         assert_eq!(applied.recipe.steps, 10);
+        assert_eq!(applied.recipe.warmup, 2);
         assert_eq!(applied.recipe.model.as_deref(), Some("Lite-7/4"));
         assert_eq!(applied.recipe.pretrained, "none");
         assert_eq!(applied.recipe.optimizer, Kind::Adamw);
@@ -569,6 +585,24 @@ mod tests {
                 "{name}"
             );
         }
+    }
+
+    #[test]
+    fn a_warmup_longer_than_the_run_is_refused() {
+        let recipe = |warmup: usize| Recipe {
+            warmup,
+            steps: 10,
+            ..crate::cli::tests::options(&[]).recipe
+        };
+        // No warm-up, and a run that is all warm-up, are legal.
+        for warmup in [0, 1, 10] {
+            recipe(warmup).validate().expect("a valid recipe");
+        }
+        let error = recipe(11).validate().unwrap_err().to_string();
+        assert!(
+            error.contains("--warmup 11") && error.contains("--steps 10"),
+            "{error}"
+        );
     }
 
     #[test]

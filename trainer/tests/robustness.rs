@@ -159,6 +159,25 @@ fn small_files_claiming_huge_models_cost_little() {
     );
     assert!(outcome.peak_mb < baseline + 100.0, "{} MB", outcome.peak_mb);
 
+    // 1000 layers, under the limit of 1024, beside the weights of 2: refused once the
+    // weights are found missing, quickly and without building the claimed model's
+    // activations.
+    config["num_hidden_layers"] = serde_json::json!(1000);
+    std::fs::write(folder.join("config.json"), config.to_string()).expect("write");
+    let started = std::time::Instant::now();
+    let outcome = run(trainer()
+        .args(["predict", "--checkpoint"])
+        .arg(&folder)
+        .arg(fixture("hf_vit_imagenet.png")));
+    let seconds = started.elapsed().as_secs_f64();
+    assert_one_line_error(&outcome, &[&folder.display().to_string()]);
+    eprintln!(
+        "1000 layers claimed: peak {:.0} MB ({baseline:.0} MB for --version), {seconds:.1} s",
+        outcome.peak_mb
+    );
+    assert!(outcome.peak_mb < baseline + 100.0, "{} MB", outcome.peak_mb);
+    assert!(seconds < 10.0, "{seconds:.1} s");
+
     // A small .npz whose extra entry inflates to 512 MB: only the arrays of the model it
     // describes are read, so the bomb is never inflated.
     let bomb = dir.path().join("bomb.npz");
@@ -302,6 +321,36 @@ fn user_files_are_replaced_only_with_force() {
     assert_eq!(outcome.code, Some(0), "{}", outcome.stderr);
     assert!(out.join("model.safetensors").exists());
 
+    // Converting that float32 export to float16 in place (--checkpoint and --out the
+    // same folder) replaces it: refused without --force, done with it.
+    let in_place = |extra: &[&str]| {
+        run(trainer()
+            .args(["export", "--f16", "--checkpoint"])
+            .arg(&out)
+            .arg("--out")
+            .arg(&out)
+            .args(extra))
+    };
+    let float32 = std::fs::read(out.join("model.safetensors")).expect("read");
+    let outcome = in_place(&[]);
+    assert_one_line_error(&outcome, &["already holds config.json", "--force"]);
+    assert_eq!(
+        std::fs::read(out.join("model.safetensors")).expect("read"),
+        float32
+    );
+    let outcome = in_place(&["--force"]);
+    assert_eq!(outcome.code, Some(0), "{}", outcome.stderr);
+    let float16 = std::fs::metadata(out.join("model.safetensors"))
+        .expect("size")
+        .len();
+    assert!(float16 < float32.len() as u64 * 3 / 4, "{float16} bytes");
+    // And it is a model that loads.
+    let outcome = run(trainer()
+        .args(["predict", "--checkpoint"])
+        .arg(&out)
+        .arg(fixture("hf_vit_imagenet.png")));
+    assert_eq!(outcome.code, Some(0), "{}", outcome.stderr);
+
     // eval writes its report beside the model, and replaces an earlier one only with --force.
     let data = tiny_data(dir.path());
     // Refused before anything is evaluated.
@@ -318,30 +367,143 @@ fn user_files_are_replaced_only_with_force() {
     );
 }
 
-/// A full disk: the workdir is a 100 KB tmpfs in a private mount namespace (root, or an
-/// unprivileged user namespace, which this test needs).
+#[test]
+fn a_warmup_longer_than_the_run_is_refused_before_anything_is_written() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = tiny_data(dir.path());
+    let workdir = dir.path().join("run");
+    let outcome = run(&mut train(
+        &data,
+        &workdir,
+        &["--steps", "3", "--warmup", "4"],
+    ));
+    assert_one_line_error(&outcome, &["--warmup 4", "--steps 3"]);
+    assert!(!workdir.exists());
+    // Resuming checks the saved recipe as a new run's (a state.json written before the
+    // check existed, or edited): refused, saying that the recipe cannot change.
+    let outcome = run(&mut train(
+        &data,
+        &workdir,
+        &["--steps", "2", "--warmup", "1", "--stop-after", "1"],
+    ));
+    assert_eq!(outcome.code, Some(0), "{}", outcome.stderr);
+    let state = workdir.join("checkpoint/state.json");
+    let mut saved: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&state).expect("read")).expect("json");
+    saved["args"]["warmup"] = serde_json::json!(5);
+    std::fs::write(&state, saved.to_string()).expect("write");
+    let outcome = run(trainer().arg("--resume").arg("--workdir").arg(&workdir));
+    assert_one_line_error(
+        &outcome,
+        &["cannot be resumed", "--warmup 5", "--steps 2", "new run"],
+    );
+}
+
+#[test]
+fn a_new_run_replaces_files_in_its_workdir_only_with_force() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = tiny_data(dir.path());
+    for file in ["config.json", "metrics.jsonl"] {
+        let workdir = dir.path().join(file.replace('.', "_"));
+        std::fs::create_dir_all(&workdir).expect("folder");
+        std::fs::write(workdir.join(file), "my own file").expect("write");
+        // The tiniest run (warm-up as long as the run is legal).
+        let tiny = ["--steps", "1", "--warmup", "1"];
+        let outcome = run(&mut train(&data, &workdir, &tiny));
+        let folder = workdir.display().to_string();
+        assert_one_line_error(&outcome, &[&folder, file, "--force", "--workdir"]);
+        assert_eq!(
+            std::fs::read_to_string(workdir.join(file)).expect("read"),
+            "my own file"
+        );
+        let outcome = run(train(&data, &workdir, &tiny).arg("--force"));
+        assert_eq!(outcome.code, Some(0), "{}", outcome.stderr);
+        assert_ne!(
+            std::fs::read_to_string(workdir.join(file)).expect("read"),
+            "my own file"
+        );
+        assert!(workdir.join("export/model.safetensors").exists());
+        // A run that can be resumed is not replaced, even with --force.
+        let outcome = run(train(&data, &workdir, &tiny).arg("--force"));
+        assert_one_line_error(&outcome, &[&folder, "--resume"]);
+    }
+}
+
+#[test]
+fn work_directory_errors_name_the_path() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = tiny_data(dir.path());
+    let file = dir.path().join("a_file");
+    std::fs::write(&file, "not a folder").expect("write");
+    let outcome = run(&mut train(&data, &file, &["--steps", "1", "--warmup", "1"]));
+    assert_one_line_error(
+        &outcome,
+        &[&file.display().to_string(), "not a folder", "--workdir"],
+    );
+    let outcome = run(trainer().arg("--resume").arg("--workdir").arg(&file));
+    assert_one_line_error(&outcome, &[&file.display().to_string(), "no checkpoint"]);
+    assert_eq!(
+        std::fs::read_to_string(&file).expect("read"),
+        "not a folder"
+    );
+}
+
+/// Bytes that the files under `path` take on a tmpfs (whole 4 KiB pages).
+fn tmpfs_bytes(path: &Path) -> u64 {
+    if path.is_dir() {
+        let entries = std::fs::read_dir(path).expect("list");
+        entries
+            .map(|entry| tmpfs_bytes(&entry.expect("entry").path()))
+            .sum()
+    } else {
+        std::fs::metadata(path).expect("size").len().div_ceil(4096) * 4096
+    }
+}
+
+/// The command line of `command`, for `sh -c`.
+fn shell_line(command: &Command) -> String {
+    let mut line = format!("{:?}", command.get_program());
+    for arg in command.get_args() {
+        line.push(' ');
+        line.push_str(&format!("{arg:?}"));
+    }
+    line
+}
+
+/// A full disk: the workdir is a tmpfs in a private mount namespace (root, or an
+/// unprivileged user namespace, which this test needs) with room for a checkpoint and a
+/// half, so that the second checkpoint fails; on a larger disk, --resume then continues.
 #[cfg(target_os = "linux")]
 #[test]
 fn a_full_disk_is_named_and_leaves_no_partial_checkpoint() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = tiny_data(dir.path());
+    let options = ["--steps", "3", "--warmup", "1", "--checkpoint-every", "1"];
+    // How much a checkpoint and the rest of a run take, measured on the real disk.
+    let measured = dir.path().join("measured");
+    let outcome = run(&mut train(&data, &measured, &options));
+    assert_eq!(outcome.code, Some(0), "{}", outcome.stderr);
+    let checkpoint = tmpfs_bytes(&measured.join("checkpoint"));
+    let others = tmpfs_bytes(&measured) - checkpoint - tmpfs_bytes(&measured.join("export"));
+    let size = others + checkpoint * 3 / 2;
+
     let mount = dir.path().join("small");
     std::fs::create_dir_all(&mount).expect("folder");
     let workdir = mount.join("run");
-    let train_command = train(
-        &data,
-        &workdir,
-        &["--steps", "3", "--checkpoint-every", "1"],
-    );
-    let mut line = format!("{:?}", train_command.get_program());
-    for arg in train_command.get_args() {
-        line.push(' ');
-        line.push_str(&format!("{arg:?}"));
-    }
+    let train_line = shell_line(&train(&data, &workdir, &options));
+    let mut resume = trainer();
+    resume.arg("--resume").arg("--workdir").arg(&workdir);
+    let resume_line = shell_line(&resume);
+    let [train_err, listing, resume_err] =
+        ["train.err", "listing", "resume.err"].map(|name| dir.path().join(name));
     let root = unsafe { libc::geteuid() } == 0;
     let namespace: &[&str] = if root { &["-m"] } else { &["-r", "-m"] };
     let script = format!(
-        "mount -t tmpfs -o size=100k tmpfs {mount:?} && {line}; code=$?; ls -a {workdir:?}; exit $code"
+        "mount -t tmpfs -o size={size} tmpfs {mount:?} || exit 99
+         {train_line} >/dev/null 2>{train_err:?}; code=$?; ls -a {workdir:?} >{listing:?}
+         mount -o remount,size=64m {mount:?} || exit 99
+         {resume_line} >/dev/null 2>{resume_err:?}; resumed=$?
+         ls {workdir:?}/export; exit $((code * 10 + resumed))"
     );
     let output = Command::new("unshare")
         .args(namespace)
@@ -349,18 +511,41 @@ fn a_full_disk_is_named_and_leaves_no_partial_checkpoint() {
         .output()
         .expect("unshare runs (util-linux)");
     let stderr = String::from_utf8_lossy(&output.stderr);
-    let listing = String::from_utf8_lossy(&output.stdout);
     assert!(
         !stderr.contains("mount:") && !stderr.contains("unshare:"),
         "this test needs root or unprivileged user namespaces: {stderr}"
     );
-    assert_eq!(output.status.code(), Some(1), "{stderr}");
-    let last = stderr.lines().last().unwrap_or_default();
-    assert!(
-        last.starts_with("error: the disk is full") && last.contains("checkpoint"),
-        "{stderr}"
+    let read = |path: &Path| std::fs::read_to_string(path).unwrap_or_default();
+    let status = output.status.code().expect("an exit status");
+    let failed = Outcome {
+        code: Some(status / 10),
+        stderr: read(&train_err),
+        peak_mb: 0.0,
+    };
+    let path = workdir.display().to_string();
+    assert_one_line_error(
+        &failed,
+        &["the disk is full", "checkpoint", &path, "--resume"],
     );
-    assert!(!listing.contains("checkpoint.partial"), "{listing}");
+    // The first checkpoint is kept, and nothing half-written is left beside it.
+    let listing = read(&listing);
+    assert!(
+        listing.lines().any(|name| name == "checkpoint"),
+        "{listing}"
+    );
+    assert!(
+        !listing.contains("checkpoint.partial") && !listing.contains("checkpoint.previous"),
+        "{listing}"
+    );
+    // With space again, the run continues from that checkpoint and finishes.
+    let resumed = read(&resume_err);
+    assert_eq!(status % 10, 0, "{resumed}");
+    assert!(
+        resumed.contains("resuming from the checkpoint at step 1"),
+        "{resumed}"
+    );
+    let exported = String::from_utf8_lossy(&output.stdout);
+    assert!(exported.contains("model.safetensors"), "{exported}");
 }
 
 #[test]

@@ -208,7 +208,13 @@ fn a_stopped_and_resumed_run_gives_the_metrics_of_an_uninterrupted_one() {
 /// step of the checkpoint it wrote on the way out.
 #[cfg(unix)]
 fn interrupt_run(data: &Path, workdir: &Path, signal: &str) -> u64 {
-    let mut child = tiny_run(data, workdir)
+    interrupt(tiny_run(data, workdir), workdir, signal)
+}
+
+/// The same for a run of the given command.
+#[cfg(unix)]
+fn interrupt(mut run: Command, workdir: &Path, signal: &str) -> u64 {
+    let mut child = run
         .args(["--steps", "1000000", "--eval-every", "1000000"])
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -243,14 +249,33 @@ fn interrupt_run(data: &Path, workdir: &Path, signal: &str) -> u64 {
     step
 }
 
-/// A job scheduler's SIGTERM (or a closed terminal's SIGHUP) saves the run as Ctrl-C does.
+/// A job scheduler's SIGTERM (or a closed terminal's SIGHUP) saves the run as Ctrl-C does,
+/// also while replicas on several devices are computing.
 #[cfg(unix)]
 #[test]
 fn sigterm_and_sighup_write_a_checkpoint() {
     let (dir, data) = tiny_data();
-    for signal in ["TERM", "HUP"] {
-        interrupt_run(&data, &dir.path().join(signal), signal);
-    }
+    interrupt_run(&data, &dir.path().join("TERM"), "TERM");
+    let workdir = dir.path().join("HUP");
+    let two = ["--batch", "8", "--accum-steps", "2", "--device", "cpu*2"];
+    let step = interrupt(tiny_run_with(&data, &workdir, &two), &workdir, "HUP");
+    // The 2-replica checkpoint resumes on one device.
+    let stop = (step + 1).to_string();
+    let (status, stderr) = run(Command::new(env!("CARGO_BIN_EXE_trainer"))
+        .args([
+            "--resume",
+            "--device",
+            "cpu",
+            "--stop-after",
+            &stop,
+            "--workdir",
+        ])
+        .arg(&workdir));
+    assert!(status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("checkpoint at step {stop}")),
+        "{stderr}"
+    );
 }
 
 #[cfg(unix)]
@@ -330,8 +355,9 @@ fn a_diverging_run_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint
 fn eval_agrees_with_predict_and_writes_the_confusion_matrix() {
     let (dir, data) = tiny_data();
     let workdir = dir.path().join("run");
+    // --warmup: the default 500 is longer than the run, which is refused.
     let (status, stderr) =
-        run(tiny_run(&data, &workdir).args(["--steps", "4", "--eval-every", "4"]));
+        run(tiny_run(&data, &workdir).args(["--steps", "4", "--warmup", "4", "--eval-every", "4"]));
     assert!(status.success(), "{stderr}");
     let export = workdir.join("export");
     let out = Command::new(env!("CARGO_BIN_EXE_trainer"))

@@ -23,7 +23,7 @@ use crate::ema::Ema;
 use crate::metrics::Metrics;
 use crate::optimizer::Optimizer;
 use crate::recipe::{Recipe, RunOptions, Runtime};
-use crate::{checkpoint, device};
+use crate::{checkpoint, device, output};
 use replicas::Replicas;
 pub use steps::cross_entropy;
 use steps::{Run, Start};
@@ -70,7 +70,7 @@ pub fn run(args: &TrainArgs, explicit: &[String]) -> Result<Completion> {
     let replicas = Replicas::new(devices);
     let device = replicas.main().clone();
     if resumed.is_none() {
-        resume::refuse_to_overwrite(&runtime.workdir)?;
+        resume::refuse_to_overwrite(&runtime.workdir, args.force)?;
     }
     let (train_set, test_set) = load_data(recipe, runtime)?;
     let classes = train_set.classes.clone();
@@ -126,11 +126,17 @@ pub fn run(args: &TrainArgs, explicit: &[String]) -> Result<Completion> {
     };
     let config = start.model.config();
     eprintln!(
-        "model: {} parameters, {} px, {} classes, inputs normalised with mean {:?} and std {:?}, \
-         computing in {}; the first loss of a zero head is ln({}) = {:.6}",
+        "model: {} parameters, {} px, {} classes, {}, inputs normalised with mean {:?} and \
+         std {:?}, computing in {}; the first loss of a zero head is ln({}) = {:.6}",
         config.num_params(),
         config.image_size,
         config.num_classes,
+        // Said on every start, resumed or not: which of the reference's two head
+        // variants this run trains (see `model::head_variant`).
+        match config.representation_size {
+            None => "no pre-logits layer".to_string(),
+            Some(size) => format!("a pre-logits layer of {size} (tanh) before the head"),
+        },
         config.normalization.mean,
         config.normalization.std,
         match runtime.precision {
@@ -169,14 +175,17 @@ pub fn run(args: &TrainArgs, explicit: &[String]) -> Result<Completion> {
     let mut export = Checkpoint::from_model(&model, Some(classes));
     export.description =
         Some(recipe.describe(model.config(), test_accuracy, test_set.images.len()));
-    export
-        .save(&export_dir, SaveOptions::default())
-        .with_context(|| {
-            format!(
-                "cannot write the exported model to {}",
-                export_dir.display()
-            )
-        })?;
+    // Through `write_folder`: a new export/ appears whole or not at all, and its name is
+    // flushed to the disk with the work folder (as checkpoints are).
+    output::write_folder(&export_dir, |dir| {
+        Ok(export.save(dir, SaveOptions::default())?)
+    })
+    .with_context(|| {
+        format!(
+            "cannot write the exported model to {}",
+            export_dir.display()
+        )
+    })?;
     eprintln!("exported the trained model to {}", export_dir.display());
     Ok(Completion::Finished)
 }
