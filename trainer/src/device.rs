@@ -183,7 +183,8 @@ pub fn on_pool<R: Send>(work: impl FnOnce() -> R + Send) -> R {
 }
 
 /// Sizes the global thread pool that burn-flex and the input pipeline share
-/// (`None`: one thread per core). Must run before any computation.
+/// (`None`: one thread per core), and libtorch's own pool where it is built in.
+/// Must run before any computation.
 pub fn configure_threads(threads: Option<usize>) -> Result<()> {
     let Some(threads) = threads else {
         return Ok(());
@@ -191,6 +192,9 @@ pub fn configure_threads(threads: Option<usize>) -> Result<()> {
     if threads == 0 {
         bail!("--threads must be at least 1");
     }
+    // `--device tch:cpu` computes on libtorch's OpenMP pool, not on rayon's.
+    #[cfg(feature = "tch")]
+    tch::set_num_threads(i32::try_from(threads).unwrap_or(i32::MAX));
     rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build_global()

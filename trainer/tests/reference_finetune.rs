@@ -40,9 +40,9 @@ fn floats(value: &Value) -> Vec<f64> {
         .collect()
 }
 
-/// Runs the fixture's recipe with `extra` options; returns metrics.jsonl's lines and the
-/// fine-tuned model's logits on the fixture's images.
-fn fine_tune(workdir: &Path, extra: &[&str]) -> (Vec<Value>, Vec<Vec<f64>>) {
+/// Runs the fixture's recipe with `extra` options; returns metrics.jsonl's lines, the
+/// fine-tuned model's logits on the fixture's images and what the run printed.
+fn fine_tune(workdir: &Path, extra: &[&str]) -> (Vec<Value>, Vec<Vec<f64>>, String) {
     let reference = reference();
     let recipe = &reference["recipe"];
     let option = |key: &str| recipe[key].to_string().trim_matches('"').to_string();
@@ -108,7 +108,7 @@ fn fine_tune(workdir: &Path, extra: &[&str]) -> (Vec<Value>, Vec<Vec<f64>>) {
             floats(&prediction["logits"])
         })
         .collect();
-    (metrics, logits)
+    (metrics, logits, stderr)
 }
 
 fn assert_matches_reference(variant: &str, metrics: &[Value], logits: &[Vec<f64>]) {
@@ -190,18 +190,28 @@ fn assert_matches_reference(variant: &str, metrics: &[Value], logits: &[Vec<f64>
 #[test]
 fn the_default_fine_tune_is_the_references_drop_head_variant() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (metrics, logits) = fine_tune(dir.path(), &[]);
+    let (metrics, logits, printed) = fine_tune(dir.path(), &[]);
     assert_matches_reference("drop_head", &metrics, &logits);
+    // The run says which variant it trains.
+    assert!(
+        printed.contains("head: drop-head variant") && printed.contains("no pre-logits layer"),
+        "{printed}"
+    );
 }
 
 #[test]
 fn keeping_the_pre_logits_layer_is_the_references_other_variant() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (metrics, logits) = fine_tune(dir.path(), &["--representation-size", "keep"]);
+    let (metrics, logits, printed) = fine_tune(dir.path(), &["--representation-size", "keep"]);
     assert_matches_reference("keep_head", &metrics, &logits);
+    assert!(
+        printed.contains("pre-logits layer (size 16, tanh) is kept")
+            && printed.contains("a pre-logits layer of 16 (tanh) before the head"),
+        "{printed}"
+    );
     // The pretrained layer's own size names the same variant.
     let sized = dir.path().join("sized");
-    let (metrics_sized, _) = fine_tune(&sized, &["--representation-size", "16"]);
+    let (metrics_sized, _, _) = fine_tune(&sized, &["--representation-size", "16"]);
     assert_eq!(
         metrics
             .iter()

@@ -373,6 +373,39 @@ pub fn read_preprocessor(json: &Value) -> Result<Normalization, CheckpointError>
     Ok(normalization)
 }
 
+/// Checks that a `preprocessor_config.json` feeds the model images of its own size:
+/// `crop_size` when the processor centre-crops (`do_center_crop`), else `size`, given as
+/// `{"height", "width"}` or a number. A ViT takes only its `image_size` (transformers'
+/// pipeline fails on any other), so a disagreement means the two files do not belong
+/// together. A `shortest_edge` resize without a crop gives no fixed size: not checked.
+pub fn check_preprocessor_size(json: &Value, image_size: usize) -> Result<(), CheckpointError> {
+    let side = |value: &Value| value.as_u64().and_then(|n| usize::try_from(n).ok());
+    let size_of = |key: &str| -> Option<(usize, usize)> {
+        match json.get(key)? {
+            Value::Object(fields) => {
+                Some((side(fields.get("height")?)?, side(fields.get("width")?)?))
+            }
+            number => side(number).map(|n| (n, n)),
+        }
+    };
+    let crops = json.get("do_center_crop").and_then(Value::as_bool) == Some(true);
+    let (key, found) = match (crops, size_of("crop_size")) {
+        (true, Some(crop)) => ("crop_size", crop),
+        _ => match size_of("size") {
+            Some(size) => ("size", size),
+            None => return Ok(()),
+        },
+    };
+    if found == (image_size, image_size) {
+        return Ok(());
+    }
+    Err(CheckpointError::Json(format!(
+        "{PREPROCESSOR_FILE}: `{key}` gives the model {}x{} images, but its config.json's \
+         image_size is {image_size}: the two files do not describe the same model",
+        found.0, found.1
+    )))
+}
+
 /// `preprocessor_config.json` for an exported model, as `ViTImageProcessor`
 /// reads it, so that `transformers`' `pipeline("image-classification")`
 /// normalises as we do.
@@ -389,4 +422,60 @@ pub fn write_preprocessor(config: &ViTConfig) -> Value {
         "image_mean": config.normalization.mean,
         "image_std": config.normalization.std,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_processor_must_feed_the_model_its_own_size() {
+        let fits = [
+            json!({}),
+            json!({"size": {"height": 32, "width": 32}}),
+            json!({"size": 32}),
+            // A centre crop to the model's size after a larger resize.
+            json!({"size": {"height": 36, "width": 36}, "do_center_crop": true,
+                   "crop_size": {"height": 32, "width": 32}}),
+            // No fixed size to compare.
+            json!({"size": {"shortest_edge": 40}}),
+        ];
+        for json in fits {
+            assert!(check_preprocessor_size(&json, 32).is_ok(), "{json}");
+        }
+        for (json, named) in [
+            (
+                json!({"size": {"height": 224, "width": 224}}),
+                "`size` gives the model 224x224",
+            ),
+            (json!({"size": {"height": 32, "width": 48}}), "32x48"),
+            (
+                json!({"size": 32, "do_center_crop": true, "crop_size": 28}),
+                "`crop_size` gives the model 28x28",
+            ),
+        ] {
+            let message = check_preprocessor_size(&json, 32)
+                .expect_err("a size that is not the model's")
+                .to_string();
+            assert!(
+                message.contains(named) && message.contains("image_size is 32"),
+                "{message}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_export_reads_back_its_own_processor() {
+        let config = ViTConfig {
+            normalization: Normalization::IMAGENET,
+            ..ViTConfig::preset("Ti/16").expect("a preset")
+        };
+        let written = write_preprocessor(&config);
+        check_preprocessor_size(&written, config.image_size).expect("its own size");
+        let read = read_preprocessor(&written).expect("readable");
+        for c in 0..3 {
+            assert!((read.mean[c] - config.normalization.mean[c]).abs() < 1e-6);
+            assert!((read.std[c] - config.normalization.std[c]).abs() < 1e-6);
+        }
+    }
 }

@@ -63,6 +63,16 @@ fn to_ours(theirs: Array, ours_shape: &[usize], transform: Transform) -> Array {
         Transform::Same | Transform::Flat => theirs.reshaped(shape),
         Transform::Conv => theirs.permuted(&[2, 3, 1, 0]),
         Transform::Linear { .. } => theirs.transposed_2d().reshaped(shape),
+        Transform::QkvKernel { .. } | Transform::QkvBias { .. } => {
+            qkv_part(&theirs, ours_shape, transform)
+        }
+    }
+}
+
+/// Query, key or value out of a fused qkv tensor (rows `index·D..(index+1)·D`).
+fn qkv_part(theirs: &Array, ours_shape: &[usize], transform: Transform) -> Array {
+    let shape = ours_shape.to_vec();
+    match transform {
         Transform::QkvKernel { index } => {
             let rows = theirs.shape[0] / 3;
             let cols = theirs.shape[1];
@@ -75,6 +85,7 @@ fn to_ours(theirs: Array, ours_shape: &[usize], transform: Transform) -> Array {
             let len = theirs.data.len() / 3;
             Array::new(shape, theirs.data[index * len..(index + 1) * len].to_vec())
         }
+        _ => unreachable!("{transform:?} is not a part of a fused qkv tensor"),
     }
 }
 
@@ -126,12 +137,25 @@ pub fn import(
         planned.push((entry, ours_shape));
     }
     let mut params = Params::new();
+    // A fused qkv tensor (timm) holds three parameters: it is decoded once and kept
+    // until its value part (index 2) has been taken, not decoded for each part.
+    let mut fused: BTreeMap<&str, Array> = BTreeMap::new();
     for (entry, ours_shape) in planned {
-        let theirs = tensors.get(&entry.theirs)?;
-        params.insert(
-            entry.ours.clone(),
-            to_ours(theirs, ours_shape, entry.transform),
-        );
+        let ours = match entry.transform {
+            Transform::QkvKernel { index } | Transform::QkvBias { index } => {
+                let name = entry.theirs.as_str();
+                if !fused.contains_key(name) {
+                    fused.insert(name, tensors.get(name)?);
+                }
+                let part = qkv_part(&fused[name], ours_shape, entry.transform);
+                if index == 2 {
+                    fused.remove(name);
+                }
+                part
+            }
+            _ => to_ours(tensors.get(&entry.theirs)?, ours_shape, entry.transform),
+        };
+        params.insert(entry.ours.clone(), ours);
     }
     let used: BTreeSet<&str> = entries.iter().map(|entry| entry.theirs.as_str()).collect();
     let unexpected = tensors

@@ -5,8 +5,11 @@
 //!
 //! Why not burn's collectives: burn 0.22's `burn::tensor::distributed` (`all_reduce`,
 //! and the autodiff hooks that call it during the backward pass) is implemented only
-//! for its cubecl CUDA and remote backends; on burn-flex and burn-tch, the backends
-//! this project builds, `all_reduce` is `unimplemented!()`. So this does what burn-train's
+//! for its cubecl CUDA and remote backends. burn-backend-extension's catalog marks
+//! Flex, NdArray and LibTorch `distributed: false`, so on the devices this project
+//! builds `DistributedContext::init` panics in burn-dispatch ("Distributed operations
+//! are not supported for device"), and below it their `all_reduce` is the trait's
+//! `unimplemented!()`. So this does what burn-train's
 //! multi-device strategy (`MultiDeviceOptim::OptimMainDevice`) does with burn's public
 //! API: `Module::fork` puts the weights on a device, `GradientsParams::to_device` brings
 //! the gradients back and `GradientsAccumulator` sums them; one scoped thread per device.
