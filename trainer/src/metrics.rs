@@ -32,8 +32,6 @@ const METRICS_FILE: &str = "metrics.jsonl";
 
 pub struct Metrics {
     workdir: PathBuf,
-    /// `metrics.jsonl`'s full path, which its errors name (the work folder may be anywhere).
-    path: PathBuf,
     file: BufWriter<File>,
     points: Vec<MetricPoint>,
 }
@@ -46,7 +44,6 @@ impl Metrics {
             File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
         Ok(Self {
             workdir: workdir.to_path_buf(),
-            path,
             file: BufWriter::new(file),
             points: Vec::new(),
         })
@@ -81,7 +78,6 @@ impl Metrics {
             .with_context(|| format!("cannot open {}", path.display()))?;
         Ok(Self {
             workdir: workdir.to_path_buf(),
-            path,
             file: BufWriter::new(file),
             points,
         })
@@ -90,7 +86,8 @@ impl Metrics {
     /// Appends one line, flushed at once so that nothing is lost on a crash.
     pub fn record(&mut self, line: &MetricsLine) -> Result<()> {
         // Both the write and the flush can fail (a full disk); either names the file.
-        let cannot = || format!("cannot write {}", self.path.display());
+        // The full path: the work folder may be anywhere.
+        let cannot = || format!("cannot write {}", self.workdir.join(METRICS_FILE).display());
         writeln!(self.file, "{}", serde_json::to_string(line)?).with_context(cannot)?;
         self.file.flush().with_context(cannot)?;
         self.points.push(point(line));
