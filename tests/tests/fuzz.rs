@@ -143,6 +143,7 @@ fn model_configs() {
             }
             accepted.set(accepted.get() + usize::from(ViTConfig::from_json(&mutated).is_ok()));
             let _ = checkpoint::hf::read_preprocessor(&mutated).map(|n| n.is_valid());
+            let _ = checkpoint::hf::check_preprocessor_size(&mutated, 32);
             Ok(())
         });
         // A panic fails the case; proptest names the field and value.

@@ -56,8 +56,7 @@ pub fn read<R: Read + Seek>(mut archive: ZipArchive<R>) -> Result<Checkpoint, Ch
     if let Some(preprocessor) = entry(&mut archive, PREPROCESSOR_FILE)? {
         let json: serde_json::Value = serde_json::from_slice(&preprocessor)
             .map_err(|error| CheckpointError::Json(format!("{PREPROCESSOR_FILE}: {error}")))?;
-        hf::check_preprocessor_size(&json, checkpoint.config.image_size)?;
-        checkpoint.config.normalization = hf::read_preprocessor(&json)?;
+        hf::apply_preprocessor(&json, &mut checkpoint.config)?;
     }
     Ok(checkpoint)
 }

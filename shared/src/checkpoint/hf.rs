@@ -406,6 +406,14 @@ pub fn check_preprocessor_size(json: &Value, image_size: usize) -> Result<(), Ch
     )))
 }
 
+/// Applies a `preprocessor_config.json` to the model it sits beside: its size must be
+/// the model's ([`check_preprocessor_size`]), its normalisation becomes the model's.
+pub fn apply_preprocessor(json: &Value, config: &mut ViTConfig) -> Result<(), CheckpointError> {
+    check_preprocessor_size(json, config.image_size)?;
+    config.normalization = read_preprocessor(json)?;
+    Ok(())
+}
+
 /// `preprocessor_config.json` for an exported model, as `ViTImageProcessor`
 /// reads it, so that `transformers`' `pipeline("image-classification")`
 /// normalises as we do.

@@ -272,9 +272,7 @@ fn read_preprocessor_beside(
     };
     let json: serde_json::Value = serde_json::from_slice(&bytes)
         .map_err(|error| CheckpointError::Json(format!("{}: {error}", path.display())))?;
-    hf::check_preprocessor_size(&json, checkpoint.config.image_size)?;
-    checkpoint.config.normalization = hf::read_preprocessor(&json)?;
-    Ok(())
+    hf::apply_preprocessor(&json, &mut checkpoint.config)
 }
 
 /// A Google `.npz` held in memory.
